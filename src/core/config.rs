@@ -1,0 +1,65 @@
+//! What the core needs to know about its deployment, already validated by the CLI.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use super::ids::Family;
+
+/// Where relay sockets of one family are bound, and the address clients are told about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayAddress {
+    /// Bind address of relay sockets (the listen IP, or unspecified).
+    pub bind: IpAddr,
+    /// Address put in XOR-RELAYED-ADDRESS (differs from `bind` behind 1:1 NAT).
+    pub public: IpAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen sockets; a `ListenerId` is an index into this list.
+    pub listeners: Vec<SocketAddr>,
+    pub realm: String,
+    /// TURN REST API shared secrets; credentials minted from any of them are accepted.
+    pub auth_secrets: Vec<Vec<u8>>,
+    /// Relayed addresses per family; `None` means the relay cannot allocate that family.
+    pub relay_v4: Option<RelayAddress>,
+    pub relay_v6: Option<RelayAddress>,
+    pub ports: RangeInclusive<u16>,
+    pub allow_loopback_peers: bool,
+    pub lifetimes: Lifetimes,
+}
+
+impl Config {
+    pub fn relay_address(&self, family: Family) -> Option<RelayAddress> {
+        match family {
+            Family::V4 => self.relay_v4,
+            Family::V6 => self.relay_v6,
+        }
+    }
+}
+
+/// RFC 8656 lifetimes; configurable only so that tests and operators can shorten them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetimes {
+    pub allocation_default: Duration,
+    pub allocation_max: Duration,
+    pub permission: Duration,
+    pub channel: Duration,
+    /// How long a channel number and its peer stay reserved after the binding expires.
+    pub channel_hold: Duration,
+    pub nonce_secs: u64,
+}
+
+impl Default for Lifetimes {
+    fn default() -> Self {
+        Lifetimes {
+            allocation_default: Duration::from_secs(600),
+            allocation_max: Duration::from_secs(3600),
+            permission: Duration::from_secs(300),
+            channel: Duration::from_secs(600),
+            channel_hold: Duration::from_secs(300),
+            nonce_secs: 600,
+        }
+    }
+}

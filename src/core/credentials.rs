@@ -1,0 +1,339 @@
+//! TURN REST API credentials (coturn's `--use-auth-secret` scheme) and
+//! stateless nonces.
+
+use std::net::SocketAddr;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, KeyInit, Mac};
+use md5::{Digest, Md5};
+use sha1::Sha1;
+
+/// base64(HMAC-SHA1(secret, username)), standard alphabet with padding
+/// (coturn's --use-auth-secret convention).
+pub fn rest_api_password(secret: &[u8], username: &str) -> String {
+    let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(secret) else {
+        // HMAC takes keys of any length; this arm cannot be reached.
+        return String::new();
+    };
+    mac.update(username.as_bytes());
+    STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// MD5(username ":" realm ":" password) — RFC 8489 §9.2.2 long-term key (no
+/// SASLprep: REST API passwords are base64).
+pub fn long_term_key(username: &str, realm: &str, password: &str) -> [u8; 16] {
+    Md5::new()
+        .chain_update(username)
+        .chain_update(":")
+        .chain_update(realm)
+        .chain_update(":")
+        .chain_update(password)
+        .finalize()
+        .into()
+}
+
+/// Parses `<unix-expiry>[:<id>]` and returns the expiry.
+///
+/// None if the part before the first ':' is not a plain decimal u64 (no sign,
+/// no spaces, 1..=20 digits). The id may be anything, including empty.
+pub fn username_expiry(username: &str) -> Option<u64> {
+    let expiry = username.split_once(':').map_or(username, |(e, _)| e);
+    // u64::from_str would also take a leading '+'.
+    if expiry.is_empty() || expiry.len() > 20 || !expiry.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    expiry.parse().ok()
+}
+
+const NONCE_LEN: usize = 32;
+const NONCE_MAC_LEN: usize = 8;
+/// How far in the future an issue time may lie before we assume the clock
+/// stepped back since issuing.
+const MAX_FUTURE_SECS: u64 = 60;
+
+/// Issues and checks stateless nonces: 16 hex digits of the issue time (unix
+/// seconds) followed by 16 hex digits of the first 8 bytes of
+/// HMAC-SHA1(key, issue_time_be_u64 || client ip octets || client port be).
+///
+/// Binding the nonce to the client's transport address stops a nonce seen on
+/// the wire from being replayed from elsewhere, without any per-client state.
+pub struct NonceKey {
+    // Keyed once: cloning the HMAC state is cheaper than re-deriving it.
+    mac: Hmac<Sha1>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceCheck {
+    Valid,
+    Stale,
+    Invalid,
+}
+
+impl NonceKey {
+    pub fn new(key: [u8; 32]) -> Self {
+        // HMAC zero-pads short keys to the block size, so this is the same MAC
+        // as keying with the 32 bytes, through the constructor that cannot fail.
+        let mut block = [0u8; 64];
+        let (head, _) = block.split_at_mut(32);
+        head.copy_from_slice(&key);
+        Self {
+            mac: Hmac::new(&block.into()),
+        }
+    }
+
+    pub fn issue(&self, unix_now: u64, client: SocketAddr) -> String {
+        let tag = self.mac(unix_now, client).finalize().into_bytes();
+        let mut head = [0u8; NONCE_MAC_LEN];
+        head.copy_from_slice(&tag[..NONCE_MAC_LEN]);
+        format!("{unix_now:016x}{:016x}", u64::from_be_bytes(head))
+    }
+
+    /// Valid if the MAC matches (constant-time) and unix_now - issued <=
+    /// lifetime_secs; Stale if the MAC matches but it is too old, or was issued
+    /// more than 60 s in the future (clock step); Invalid if not our format or
+    /// the MAC does not match.
+    pub fn check(
+        &self,
+        nonce: &str,
+        unix_now: u64,
+        client: SocketAddr,
+        lifetime_secs: u64,
+    ) -> NonceCheck {
+        let Some((issued, tag)) = parse_nonce(nonce) else {
+            return NonceCheck::Invalid;
+        };
+        if self
+            .mac(issued, client)
+            .verify_truncated_left(&tag)
+            .is_err()
+        {
+            return NonceCheck::Invalid;
+        }
+        if issued > unix_now.saturating_add(MAX_FUTURE_SECS)
+            || unix_now.saturating_sub(issued) > lifetime_secs
+        {
+            return NonceCheck::Stale;
+        }
+        NonceCheck::Valid
+    }
+
+    fn mac(&self, issued: u64, client: SocketAddr) -> Hmac<Sha1> {
+        let mut mac = self.mac.clone();
+        mac.update(&issued.to_be_bytes());
+        match client {
+            SocketAddr::V4(a) => mac.update(&a.ip().octets()),
+            SocketAddr::V6(a) => mac.update(&a.ip().octets()),
+        }
+        mac.update(&client.port().to_be_bytes());
+        mac
+    }
+}
+
+/// Splits a nonce into its issue time and MAC; None unless it is exactly 32
+/// lowercase hex digits, the only form `issue` produces.
+fn parse_nonce(nonce: &str) -> Option<(u64, [u8; NONCE_MAC_LEN])> {
+    let bytes = nonce.as_bytes();
+    if bytes.len() != NONCE_LEN {
+        return None;
+    }
+    let (time_hex, mac_hex) = bytes.split_at(16);
+    let issued = parse_hex_u64(time_hex)?;
+    let tag = parse_hex_u64(mac_hex)?.to_be_bytes();
+    Some((issued, tag))
+}
+
+fn parse_hex_u64(digits: &[u8]) -> Option<u64> {
+    digits
+        .iter()
+        .try_fold(0u64, |acc, &c| Some((acc << 4) | u64::from(hex_digit(c)?)))
+}
+
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: [u8; 32] = {
+        let mut k = [0u8; 32];
+        let mut i = 0;
+        while i < 32 {
+            k[i] = i as u8;
+            i += 1;
+        }
+        k
+    };
+
+    fn v4() -> SocketAddr {
+        "192.0.2.1:3478".parse().unwrap()
+    }
+
+    fn v6() -> SocketAddr {
+        "[2001:db8::1]:3478".parse().unwrap()
+    }
+
+    #[test]
+    fn rest_api_password_known_answer() {
+        // python3: base64.b64encode(hmac.new(b'secret', b'1700000000:alice', hashlib.sha1).digest())
+        assert_eq!(
+            rest_api_password(b"secret", "1700000000:alice"),
+            "d8soP47RbdIKLDUOpnJPVQyq5Ts="
+        );
+    }
+
+    #[test]
+    fn long_term_key_known_answer() {
+        // python3: hashlib.md5(b'alice:example.org:pass').hexdigest()
+        assert_eq!(
+            long_term_key("alice", "example.org", "pass"),
+            [
+                0x14, 0xf5, 0xd3, 0x6e, 0x9e, 0x37, 0xe3, 0xeb, 0xd1, 0x0d, 0x4d, 0x1e, 0x20, 0x6e,
+                0xb3, 0x49
+            ]
+        );
+        // RFC 5769 §2.4's credentials, hashed over their UTF-8 bytes.
+        assert_eq!(
+            long_term_key("マトリックス", "example.org", "TheMatrIX"),
+            [
+                0xe8, 0xca, 0x7a, 0xd5, 0x9d, 0x5e, 0xb0, 0x51, 0x8e, 0x31, 0x29, 0x11, 0xd2, 0xda,
+                0xb2, 0xa9
+            ]
+        );
+    }
+
+    #[test]
+    fn username_expiry_cases() {
+        assert_eq!(username_expiry("1700000000"), Some(1_700_000_000));
+        assert_eq!(username_expiry("1700000000:bob"), Some(1_700_000_000));
+        assert_eq!(username_expiry("123:"), Some(123));
+        assert_eq!(username_expiry("1:2:3"), Some(1));
+        assert_eq!(username_expiry("0"), Some(0));
+        assert_eq!(username_expiry("18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            "abc",
+            "",
+            ":bob",
+            "-1",
+            "+5",
+            " 1",
+            "1 ",
+            "1 :bob",
+            "１２３",
+            "18446744073709551616",
+            "000000000000000000001",
+        ] {
+            assert_eq!(username_expiry(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn nonce_known_answer() {
+        // python3: '%016x' % t + hmac.new(bytes(range(32)), struct.pack('>Q', t)
+        //   + ip.packed + struct.pack('>H', port), hashlib.sha1).digest()[:8].hex()
+        let key = NonceKey::new(KEY);
+        assert_eq!(
+            key.issue(1_700_000_000, v4()),
+            "000000006553f100388b6d1a83d9d771"
+        );
+        assert_eq!(
+            key.issue(1_700_000_000, v6()),
+            "000000006553f1001831e3b9948bebdd"
+        );
+    }
+
+    #[test]
+    fn nonce_round_trip_and_staleness() {
+        let key = NonceKey::new(KEY);
+        let t = 1_700_000_000;
+        for client in [v4(), v6()] {
+            let nonce = key.issue(t, client);
+            assert_eq!(nonce.len(), 32);
+            assert_eq!(key.check(&nonce, t, client, 600), NonceCheck::Valid);
+            assert_eq!(key.check(&nonce, t + 600, client, 600), NonceCheck::Valid);
+            assert_eq!(key.check(&nonce, t + 601, client, 600), NonceCheck::Stale);
+            // Small clock steps backwards are tolerated, big ones are not.
+            assert_eq!(key.check(&nonce, t - 60, client, 600), NonceCheck::Valid);
+            assert_eq!(key.check(&nonce, t - 61, client, 600), NonceCheck::Stale);
+        }
+        // Extremes of the clock must not overflow.
+        let nonce = key.issue(u64::MAX, v4());
+        assert_eq!(key.check(&nonce, u64::MAX, v4(), 0), NonceCheck::Valid);
+        assert_eq!(key.check(&nonce, 0, v4(), u64::MAX), NonceCheck::Stale);
+        let nonce = key.issue(0, v4());
+        assert_eq!(
+            key.check(&nonce, u64::MAX, v4(), u64::MAX),
+            NonceCheck::Valid
+        );
+        assert_eq!(key.check(&nonce, u64::MAX, v4(), 10), NonceCheck::Stale);
+    }
+
+    #[test]
+    fn nonce_is_bound_to_client_and_key() {
+        let key = NonceKey::new(KEY);
+        let t = 1_700_000_000;
+        let nonce = key.issue(t, v4());
+        for other in [
+            "192.0.2.2:3478",
+            "192.0.2.1:3479",
+            "[::ffff:192.0.2.1]:3478",
+        ] {
+            let other: SocketAddr = other.parse().unwrap();
+            assert_eq!(key.check(&nonce, t, other, 600), NonceCheck::Invalid);
+        }
+        let other_key = NonceKey::new([7; 32]);
+        assert_eq!(other_key.check(&nonce, t, v4(), 600), NonceCheck::Invalid);
+    }
+
+    #[test]
+    fn nonce_tampering_is_invalid() {
+        let key = NonceKey::new(KEY);
+        let t = 1_700_000_000;
+        let nonce = key.issue(t, v4());
+        // Changing any digit, in the time or in the MAC, invalidates it.
+        for i in 0..nonce.len() {
+            let mut bytes = nonce.clone().into_bytes();
+            bytes[i] = if bytes[i] == b'0' { b'1' } else { b'0' };
+            let tampered = String::from_utf8(bytes).unwrap();
+            assert_eq!(
+                key.check(&tampered, t, v4(), u64::MAX),
+                NonceCheck::Invalid,
+                "{tampered}"
+            );
+        }
+        assert_eq!(
+            key.check(&nonce.to_uppercase(), t, v4(), 600),
+            NonceCheck::Invalid
+        );
+    }
+
+    #[test]
+    fn nonce_garbage_is_invalid() {
+        let key = NonceKey::new(KEY);
+        let t = 1_700_000_000;
+        let nonce = key.issue(t, v4());
+        let cases = [
+            String::new(),
+            nonce[..31].to_string(),
+            format!("{nonce}0"),
+            "é".repeat(16), // 32 bytes, none of them hex
+            "é".repeat(32),
+            format!("{}é", &nonce[..30]),
+            "g".repeat(32),
+            " ".repeat(32),
+        ];
+        for case in cases {
+            assert_eq!(
+                key.check(&case, t, v4(), 600),
+                NonceCheck::Invalid,
+                "{case:?}"
+            );
+        }
+    }
+}

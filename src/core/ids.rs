@@ -1,0 +1,54 @@
+//! Identifiers shared by the core and the driver. Each role has its own type so that a
+//! listener index can never be passed where a relay socket is expected.
+
+use std::net::{IpAddr, SocketAddr};
+
+/// One of the STUN/TURN listen sockets, by its index in `Config::listeners`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerId(pub u16);
+
+/// A relay socket, named by the driver when it opens one (its slab index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelayId(pub usize);
+
+/// An allocation, named by the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AllocationId(pub usize);
+
+/// Address family of a relayed address or a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    pub fn of(ip: IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    pub fn of_addr(addr: SocketAddr) -> Family {
+        Family::of(addr.ip())
+    }
+
+    /// Index into per-family arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Family::V4 => 0,
+            Family::V6 => 1,
+        }
+    }
+}
+
+/// The time as the core sees it: a monotonic instant for lifetimes and the Unix time in
+/// seconds for credential and nonce expiry. Both are read by the driver, never by the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub instant: std::time::Instant,
+    pub unix_secs: u64,
+}

@@ -1,0 +1,25 @@
+//! The sans-IO core: pure state machines, datagrams and time in, decisions out.
+//! It never reads a clock, the OS random source or a socket.
+
+mod allocation;
+mod auth;
+pub mod config;
+pub mod counters;
+pub mod credentials;
+mod errors;
+mod framing;
+mod hasher;
+pub mod ids;
+pub mod integrity;
+pub mod message;
+mod policy;
+mod ports;
+mod requests;
+mod rng;
+mod server;
+mod timer;
+
+pub use config::{Config, Lifetimes, RelayAddress};
+pub use counters::Counters;
+pub use ids::{AllocationId, Family, ListenerId, Now, RelayId};
+pub use server::{Deliver, Forward, HEADROOM, OpenError, Output, Server, TAILROOM};

@@ -1,0 +1,639 @@
+//! STUN requests and indications from clients: Binding, Allocate, Refresh, ChannelBind,
+//! CreatePermission and Send. Every failure is a `Failure`, turned into an error response
+//! in one place (`Server::reply_error`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use stun_codec::rfc5389::attributes::XorMappedAddress;
+use stun_codec::rfc5389::methods::BINDING;
+use stun_codec::rfc5766::attributes::{
+    ChannelNumber, Data, DontFragment, EvenPort, Lifetime, RequestedTransport, ReservationToken,
+    XorPeerAddress, XorRelayAddress,
+};
+use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH, SEND};
+use stun_codec::rfc8656::attributes::{
+    AdditionalAddressFamily, AddressFamily, RequestedAddressFamily,
+};
+use stun_codec::{Attribute as _, MessageClass};
+
+use super::allocation::{Allocation, BindRefusal, RelaySocket};
+use super::auth::Credentials;
+use super::errors::Failure;
+use super::ids::{AllocationId, Family, ListenerId, Now};
+use super::message::{self, Attribute, DecodeError, Decoded, Header};
+use super::policy::PeerUse;
+use super::ports::PortNeed;
+use super::server::{Forward, Reservation, Server};
+use super::timer::Due;
+
+/// Who asked, so the answer goes back on the same 5-tuple and mirrors FINGERPRINT.
+#[derive(Clone, Copy)]
+pub(super) struct Requester {
+    pub listener: ListenerId,
+    pub client: SocketAddr,
+    pub header: Header,
+    pub fingerprint: bool,
+}
+
+const UDP: u8 = 17;
+/// How long a port reserved by EVEN-PORT's R bit waits to be claimed (RFC 8656 §7.2: ~30 s).
+const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+
+impl Server {
+    pub(super) fn handle_stun(
+        &mut self,
+        now: Now,
+        listener: ListenerId,
+        client: SocketAddr,
+        datagram: &[u8],
+        header: Header,
+    ) -> Option<Forward> {
+        let is_send = header.class == MessageClass::Indication && header.method == SEND.as_u16();
+        if !Self::is_request(&header) && !is_send {
+            self.counters.unexpected_stun += 1;
+            return None;
+        }
+        let mut requester = Requester {
+            listener,
+            client,
+            header,
+            fingerprint: false,
+        };
+        let decoded = match message::decode(datagram, header) {
+            Ok(decoded) => decoded,
+            Err(DecodeError::BadAttributes) if !is_send => {
+                self.reply_error(&requester, Failure::BadRequest, None);
+                return None;
+            }
+            Err(_) => {
+                self.counters.malformed += 1;
+                return None;
+            }
+        };
+        requester.fingerprint = decoded.fingerprint;
+        if is_send {
+            return self.send_indication(now, &requester, datagram, &decoded);
+        }
+        let unknown = message::unknown_required(&decoded.message);
+        if !unknown.is_empty() {
+            self.reply_error(&requester, Failure::UnknownAttributes(unknown), None);
+            return None;
+        }
+        let method = decoded.message.method();
+        if method == BINDING {
+            self.binding(&requester);
+            return None;
+        }
+        if ![ALLOCATE, REFRESH, CHANNEL_BIND, CREATE_PERMISSION].contains(&method) {
+            self.reply_error(&requester, Failure::BadRequest, None);
+            return None;
+        }
+        let credentials = match self.authenticate(now, client, datagram, &decoded) {
+            Ok(credentials) => credentials,
+            Err(failure) => {
+                self.reply_error(&requester, failure, None);
+                return None;
+            }
+        };
+        let result = if method == ALLOCATE {
+            self.allocate(now, &requester, &decoded, &credentials)
+        } else {
+            self.on_allocation(now, &requester, &decoded, &credentials)
+        };
+        match result {
+            Ok(Some(attributes)) => {
+                self.reply_success(&requester, attributes, Some(&credentials.key))
+            }
+            Ok(None) => {} // answered later (Allocate waits for its relay socket)
+            Err(failure) => self.reply_error(&requester, failure, Some(&credentials.key)),
+        }
+        None
+    }
+
+    fn binding(&mut self, requester: &Requester) {
+        let attributes = vec![Attribute::XorMappedAddress(XorMappedAddress::new(
+            requester.client,
+        ))];
+        self.reply_success(requester, attributes, None);
+    }
+
+    /// Requests that act on an existing allocation: Refresh, ChannelBind, CreatePermission.
+    fn on_allocation(
+        &mut self,
+        now: Now,
+        requester: &Requester,
+        request: &Decoded,
+        credentials: &Credentials,
+    ) -> Result<Option<Vec<Attribute>>, Failure> {
+        let id = *self
+            .by_client
+            .get(&(requester.listener, requester.client))
+            .ok_or(Failure::AllocationMismatch)?;
+        let allocation = self
+            .allocations
+            .get(id.0)
+            .ok_or(Failure::AllocationMismatch)?;
+        if now.instant >= allocation.expires_at || !allocation.is_open() {
+            return Err(Failure::AllocationMismatch);
+        }
+        if allocation.username != credentials.username {
+            return Err(Failure::WrongCredentials);
+        }
+        let method = request.message.method();
+        let attributes = if method == REFRESH {
+            self.refresh(now, id, request)?
+        } else if method == CHANNEL_BIND {
+            self.channel_bind(now, id, request)?
+        } else {
+            self.create_permission(now, id, request)?
+        };
+        Ok(Some(attributes))
+    }
+
+    fn allocate(
+        &mut self,
+        now: Now,
+        requester: &Requester,
+        request: &Decoded,
+        credentials: &Credentials,
+    ) -> Result<Option<Vec<Attribute>>, Failure> {
+        let message = &request.message;
+        if let Some(id) = self.by_client.get(&(requester.listener, requester.client)) {
+            let existing = self
+                .allocations
+                .get(id.0)
+                .ok_or(Failure::AllocationMismatch)?;
+            if existing.allocate_transaction != requester.header.transaction_id {
+                return Err(Failure::AllocationMismatch);
+            }
+            // A retransmission: the same answer again, or none yet while the socket opens.
+            if let Some(response) = existing.allocate_response.clone() {
+                self.reply(requester.listener, requester.client, response);
+            }
+            return Ok(None);
+        }
+        let transport = message
+            .get_attribute::<RequestedTransport>()
+            .ok_or(Failure::BadRequest)?;
+        if transport.protocol() != UDP {
+            return Err(Failure::UnsupportedTransport);
+        }
+        if let Some(dont_fragment) = message.get_attribute::<DontFragment>() {
+            return Err(Failure::UnknownAttributes(vec![
+                dont_fragment.get_type().as_u16(),
+            ]));
+        }
+        let families = self.requested_families(request)?;
+        let even_port = message.get_attribute::<EvenPort>();
+        let token = message
+            .get_attribute::<ReservationToken>()
+            .map(|t| t.token());
+        let reserves = even_port.is_some_and(|e| e.is_requested());
+        // RFC 8656 §7.2: a reservation is for one port of one family.
+        if (even_port.is_some() && token.is_some())
+            || ((reserves || token.is_some()) && families.len() > 1)
+        {
+            return Err(Failure::BadRequest);
+        }
+        let need = match even_port {
+            None => PortNeed::Any,
+            Some(_) if reserves => PortNeed::EvenPair,
+            Some(_) => PortNeed::Even,
+        };
+        let lifetime = self.allocate_lifetime(message.get_attribute::<Lifetime>());
+        let ports = match token {
+            Some(token) => self.claim_reservation(token, families[0], now)?,
+            None => self.take_ports(&families, need)?,
+        };
+        let reservation =
+            (need == PortNeed::EvenPair).then(|| self.reserve_next(families[0], &ports, now));
+        let relays = ports.map(|port| match port {
+            Some(port) => RelaySocket::Opening { port, attempts: 1 },
+            None => RelaySocket::None,
+        });
+        let id = AllocationId(self.allocations.insert(Allocation {
+            listener: requester.listener,
+            client: requester.client,
+            username: credentials.username.clone(),
+            key: credentials.key,
+            expires_at: now.instant + lifetime,
+            relays,
+            permissions: Vec::new(),
+            channels: Vec::new(),
+            allocate_transaction: requester.header.transaction_id,
+            allocate_response: None,
+            allocate_fingerprint: requester.fingerprint,
+            // A retry after a failed bind needs an even port, but no longer the pair.
+            port_need: if need == PortNeed::Any {
+                need
+            } else {
+                PortNeed::Even
+            },
+            reservation,
+            scheduled: None,
+        }));
+        self.by_client
+            .insert((requester.listener, requester.client), id);
+        for family in families {
+            if let Some(port) = ports[family.index()] {
+                self.request_relay(id, family, port);
+            }
+        }
+        Ok(None)
+    }
+
+    /// One port per family, or none at all (508).
+    fn take_ports(
+        &mut self,
+        families: &[Family],
+        need: PortNeed,
+    ) -> Result<[Option<u16>; 2], Failure> {
+        let mut ports = [None, None];
+        for family in families {
+            match self.ports[family.index()].take(&mut self.rng, need) {
+                Some(port) => ports[family.index()] = Some(port),
+                None => {
+                    for (index, port) in ports.iter().enumerate() {
+                        if let Some(port) = port {
+                            self.ports[index].release(*port);
+                        }
+                    }
+                    return Err(Failure::InsufficientCapacity);
+                }
+            }
+        }
+        Ok(ports)
+    }
+
+    /// The port an earlier EVEN-PORT (R bit) reserved; an unknown or expired token is 508.
+    fn claim_reservation(
+        &mut self,
+        token: u64,
+        family: Family,
+        now: Now,
+    ) -> Result<[Option<u16>; 2], Failure> {
+        let reservation = *self
+            .reservations
+            .get(&token)
+            .ok_or(Failure::InsufficientCapacity)?;
+        if reservation.expires_at <= now.instant {
+            return Err(Failure::InsufficientCapacity); // its timer releases the port
+        }
+        if reservation.family != family {
+            return Err(Failure::BadRequest);
+        }
+        self.reservations.remove(&token);
+        let mut ports = [None, None];
+        ports[family.index()] = Some(reservation.port);
+        Ok(ports)
+    }
+
+    /// Holds the odd neighbour of the even port just taken, for RESERVATION_LIFETIME.
+    fn reserve_next(&mut self, family: Family, ports: &[Option<u16>; 2], now: Now) -> u64 {
+        let token = self.rng.next_u64();
+        if let Some(port) = ports[family.index()].and_then(|p| p.checked_add(1))
+            && self.ports[family.index()].take_exact(port)
+        {
+            let expires_at = now.instant + RESERVATION_LIFETIME;
+            self.reservations.insert(
+                token,
+                Reservation {
+                    family,
+                    port,
+                    expires_at,
+                },
+            );
+            self.timers.schedule(expires_at, Due::Reservation(token));
+        }
+        token
+    }
+
+    /// Gives a reservation back to the pool (its allocation failed).
+    fn cancel_reservation(&mut self, token: u64) {
+        if let Some(reservation) = self.reservations.remove(&token) {
+            self.ports[reservation.family.index()].release(reservation.port);
+        }
+    }
+
+    /// REQUESTED-ADDRESS-FAMILY and ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §7.2).
+    fn requested_families(&self, request: &Decoded) -> Result<Vec<Family>, Failure> {
+        let message = &request.message;
+        let requested = message.get_attribute::<RequestedAddressFamily>();
+        let additional = message.get_attribute::<AdditionalAddressFamily>();
+        let families = match (requested, additional) {
+            (Some(_), Some(_)) => return Err(Failure::BadRequest),
+            (Some(r), None) => vec![family_of(r.address_family())],
+            (None, Some(a)) => {
+                if a.address_family() != AddressFamily::V6 {
+                    return Err(Failure::BadRequest);
+                }
+                vec![Family::V4, Family::V6]
+            }
+            // IPv4 by default, whatever the client's own family (RFC 8656 §7.2).
+            (None, None) => vec![Family::V4],
+        };
+        if families
+            .iter()
+            .any(|f| self.config.relay_address(*f).is_none())
+        {
+            return Err(Failure::AddressFamilyNotSupported);
+        }
+        Ok(families)
+    }
+
+    fn allocate_lifetime(&self, requested: Option<&Lifetime>) -> Duration {
+        let limits = self.config.lifetimes;
+        let requested = requested.map_or(limits.allocation_default, |l| l.lifetime());
+        // RFC 8656 §7.2: a shorter request than the default gets the default.
+        requested.clamp(limits.allocation_default, limits.allocation_max)
+    }
+
+    /// Called once every relay socket of a new allocation is bound.
+    pub(super) fn finish_allocate(&mut self, now: Now, id: AllocationId) {
+        let Some(allocation) = self.allocations.get(id.0) else {
+            return;
+        };
+        let mut attributes = Vec::with_capacity(4);
+        for family in Family::ALL {
+            let (RelaySocket::Open { port, .. }, Some(address)) =
+                (allocation.relay(family), self.config.relay_address(family))
+            else {
+                continue;
+            };
+            let relayed = SocketAddr::new(address.public, port);
+            attributes.push(Attribute::XorRelayAddress(XorRelayAddress::new(relayed)));
+        }
+        let remaining = allocation.expires_at.saturating_duration_since(now.instant);
+        attributes.push(lifetime_attribute(remaining));
+        attributes.push(Attribute::XorMappedAddress(XorMappedAddress::new(
+            allocation.client,
+        )));
+        if let Some(token) = allocation.reservation {
+            attributes.push(Attribute::ReservationToken(ReservationToken::new(token)));
+        }
+        let requester = self.allocate_requester(allocation);
+        let mut response = message::new_message(MessageClass::SuccessResponse, &requester.header);
+        for attribute in attributes {
+            response.add_attribute(attribute);
+        }
+        let bytes = message::encode(response, Some(&allocation.key), requester.fingerprint);
+        if let Some(allocation) = self.allocations.get_mut(id.0) {
+            allocation.allocate_response = Some(bytes.clone());
+        }
+        self.counters.allocations_created += 1;
+        self.schedule(id);
+        self.reply(requester.listener, requester.client, bytes);
+    }
+
+    /// Gives up on a new allocation (no relay socket could be bound): 508.
+    pub(super) fn fail_allocate(&mut self, id: AllocationId) {
+        let Some(allocation) = self.allocations.get(id.0) else {
+            return;
+        };
+        let requester = self.allocate_requester(allocation);
+        let key = allocation.key;
+        if let Some(token) = allocation.reservation {
+            self.cancel_reservation(token);
+        }
+        self.remove_allocation(id);
+        self.reply_error(&requester, Failure::InsufficientCapacity, Some(&key));
+    }
+
+    fn allocate_requester(&self, allocation: &Allocation) -> Requester {
+        Requester {
+            listener: allocation.listener,
+            client: allocation.client,
+            header: Header {
+                class: MessageClass::Request,
+                method: ALLOCATE.as_u16(),
+                transaction_id: allocation.allocate_transaction,
+            },
+            fingerprint: allocation.allocate_fingerprint,
+        }
+    }
+
+    fn refresh(
+        &mut self,
+        now: Now,
+        id: AllocationId,
+        request: &Decoded,
+    ) -> Result<Vec<Attribute>, Failure> {
+        let message = &request.message;
+        let limits = self.config.lifetimes;
+        let allocation = self
+            .allocations
+            .get_mut(id.0)
+            .ok_or(Failure::AllocationMismatch)?;
+        if let Some(family) = message.get_attribute::<RequestedAddressFamily>()
+            && !allocation.has_family(family_of(family.address_family()))
+        {
+            return Err(Failure::PeerAddressFamilyMismatch);
+        }
+        let requested = message
+            .get_attribute::<Lifetime>()
+            .map_or(limits.allocation_default, |l| l.lifetime());
+        if requested.is_zero() {
+            self.remove_allocation(id);
+            return Ok(vec![lifetime_attribute(Duration::ZERO)]);
+        }
+        let lifetime = requested.min(limits.allocation_max);
+        allocation.expires_at = now.instant + lifetime;
+        self.schedule(id);
+        Ok(vec![lifetime_attribute(lifetime)])
+    }
+
+    fn channel_bind(
+        &mut self,
+        now: Now,
+        id: AllocationId,
+        request: &Decoded,
+    ) -> Result<Vec<Attribute>, Failure> {
+        let message = &request.message;
+        let (Some(number), Some(peer)) = (
+            message.get_attribute::<ChannelNumber>(),
+            message.get_attribute::<XorPeerAddress>(),
+        ) else {
+            return Err(Failure::BadRequest);
+        };
+        let peer = peer.address();
+        self.check_peer(id, peer, PeerUse::ChannelOrSend)?;
+        let limits = self.config.lifetimes;
+        let allocation = self
+            .allocations
+            .get_mut(id.0)
+            .ok_or(Failure::AllocationMismatch)?;
+        if !allocation.can_permit_all(&[peer.ip()], now.instant) {
+            return Err(Failure::InsufficientCapacity);
+        }
+        allocation
+            .bind_channel(
+                number.value(),
+                peer,
+                now.instant,
+                limits.channel,
+                limits.channel_hold,
+            )
+            .map_err(|refusal| match refusal {
+                BindRefusal::Conflict => Failure::BadRequest,
+                BindRefusal::Full => Failure::InsufficientCapacity,
+            })?;
+        allocation.permit(peer.ip(), now.instant, limits.permission);
+        self.schedule(id);
+        Ok(Vec::new())
+    }
+
+    fn create_permission(
+        &mut self,
+        now: Now,
+        id: AllocationId,
+        request: &Decoded,
+    ) -> Result<Vec<Attribute>, Failure> {
+        let peers: Vec<SocketAddr> = request
+            .message
+            .attributes()
+            .filter_map(|a| match a {
+                Attribute::XorPeerAddress(p) => Some(p.address()),
+                _ => None,
+            })
+            .collect();
+        if peers.is_empty() {
+            return Err(Failure::BadRequest);
+        }
+        for peer in &peers {
+            self.check_peer(id, *peer, PeerUse::Permission)?;
+        }
+        let ips: Vec<IpAddr> = peers.iter().map(|p| p.ip()).collect();
+        let lifetime = self.config.lifetimes.permission;
+        let allocation = self
+            .allocations
+            .get_mut(id.0)
+            .ok_or(Failure::AllocationMismatch)?;
+        if !allocation.can_permit_all(&ips, now.instant) {
+            return Err(Failure::InsufficientCapacity);
+        }
+        for ip in ips {
+            allocation.permit(ip, now.instant, lifetime);
+        }
+        self.schedule(id);
+        Ok(Vec::new())
+    }
+
+    /// The peer's family must be one the allocation relays (443), and policy must allow it (403).
+    fn check_peer(
+        &self,
+        id: AllocationId,
+        peer: SocketAddr,
+        usage: PeerUse,
+    ) -> Result<(), Failure> {
+        let allocation = self
+            .allocations
+            .get(id.0)
+            .ok_or(Failure::AllocationMismatch)?;
+        if !allocation.has_family(Family::of_addr(peer)) {
+            return Err(Failure::PeerAddressFamilyMismatch);
+        }
+        if !self.policy.allows(peer, usage) {
+            return Err(Failure::Forbidden);
+        }
+        Ok(())
+    }
+
+    /// Send indication (RFC 8656 §10.2): relayed when a permission exists, otherwise dropped
+    /// and counted. Indications are never answered.
+    fn send_indication(
+        &mut self,
+        now: Now,
+        requester: &Requester,
+        datagram: &[u8],
+        request: &Decoded,
+    ) -> Option<Forward> {
+        let forward = self.send_target(now, requester, datagram, request);
+        if forward.is_none() {
+            self.counters.send_dropped += 1;
+        }
+        forward
+    }
+
+    fn send_target(
+        &mut self,
+        now: Now,
+        requester: &Requester,
+        datagram: &[u8],
+        request: &Decoded,
+    ) -> Option<Forward> {
+        let message = &request.message;
+        if !message::unknown_required(message).is_empty()
+            || message.get_attribute::<DontFragment>().is_some()
+        {
+            return None;
+        }
+        let peer = message.get_attribute::<XorPeerAddress>()?.address();
+        let data_len = message.get_attribute::<Data>()?.data().len();
+        let allocation = self.live_allocation(requester.listener, requester.client, now.instant)?;
+        if !allocation.has_permission(peer.ip(), now.instant)
+            || !self.policy.allows(peer, PeerUse::ChannelOrSend)
+        {
+            return None;
+        }
+        let RelaySocket::Open { relay, .. } = allocation.relay(Family::of_addr(peer)) else {
+            return None;
+        };
+        let payload = message::attribute_value(datagram, Data::CODEPOINT)?;
+        if payload.len() != data_len {
+            return None;
+        }
+        self.counters.relayed_to_peer_packets += 1;
+        self.counters.relayed_to_peer_bytes += payload.len() as u64;
+        Some(Forward {
+            relay,
+            peer,
+            payload,
+        })
+    }
+
+    pub(super) fn reply_success(
+        &mut self,
+        requester: &Requester,
+        attributes: Vec<Attribute>,
+        key: Option<&[u8; 16]>,
+    ) {
+        let mut response = message::new_message(MessageClass::SuccessResponse, &requester.header);
+        for attribute in attributes {
+            response.add_attribute(attribute);
+        }
+        let bytes = message::encode(response, key.map(|k| &k[..]), requester.fingerprint);
+        self.reply(requester.listener, requester.client, bytes);
+    }
+
+    /// The one place an error response is built. `key` signs it when the request was
+    /// authenticated; 401 and 438 never are.
+    pub(super) fn reply_error(
+        &mut self,
+        requester: &Requester,
+        failure: Failure,
+        key: Option<&[u8; 16]>,
+    ) {
+        if !Self::is_request(&requester.header) {
+            return;
+        }
+        let mut response = message::new_message(MessageClass::ErrorResponse, &requester.header);
+        for attribute in failure.attributes(&self.config.realm) {
+            response.add_attribute(attribute);
+        }
+        let bytes = message::encode(response, key.map(|k| &k[..]), requester.fingerprint);
+        self.reply(requester.listener, requester.client, bytes);
+    }
+}
+
+fn family_of(family: AddressFamily) -> Family {
+    match family {
+        AddressFamily::V4 => Family::V4,
+        AddressFamily::V6 => Family::V6,
+    }
+}
+
+fn lifetime_attribute(lifetime: Duration) -> Attribute {
+    let seconds = u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX);
+    Attribute::Lifetime(Lifetime::from_u32(seconds))
+}

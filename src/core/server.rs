@@ -1,0 +1,426 @@
+//! The sans-IO TURN server: datagrams and time in, outputs out. `handle_*` take input,
+//! `poll_output`/`poll_timeout` give what the driver must do next. The data path
+//! (ChannelData, Send, peer datagrams) answers through return values and never allocates.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::Instant;
+
+use slab::Slab;
+use stun_codec::MessageClass;
+
+use super::allocation::{Allocation, RelaySocket};
+use super::config::Config;
+use super::counters::Counters;
+use super::credentials::NonceKey;
+use super::framing::{write_channel_data_header, write_data_indication_header};
+use super::hasher::SeededState;
+use super::ids::{AllocationId, Family, ListenerId, Now, RelayId};
+use super::message::{self, Framing, Header};
+use super::policy::PeerPolicy;
+use super::ports::PortPool;
+use super::rng::Rng;
+use super::timer::{Due, Timers};
+
+/// Bytes the driver leaves free in front of a peer datagram, so the core can write the
+/// ChannelData header (4 bytes) or a Data indication header (up to 48 bytes) in place.
+pub const HEADROOM: usize = 48;
+/// Bytes after the payload the buffer must have for a Data indication's padding.
+pub const TAILROOM: usize = 3;
+
+/// Send this slice of the datagram just handled from `relay` to `peer`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub relay: RelayId,
+    pub peer: SocketAddr,
+    pub payload: Range<usize>,
+}
+
+/// Send this slice of the peer datagram's buffer to `client` from `listener`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deliver {
+    pub listener: ListenerId,
+    pub client: SocketAddr,
+    pub frame: Range<usize>,
+}
+
+/// What the driver must do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// A STUN response (or a retransmitted one) to a client.
+    ToClient {
+        listener: ListenerId,
+        client: SocketAddr,
+        bytes: Vec<u8>,
+    },
+    /// Bind a UDP socket to `addr`, then report through `Server::handle_relay_opened`.
+    OpenRelay {
+        allocation: AllocationId,
+        family: Family,
+        addr: SocketAddr,
+    },
+    /// Close the relay socket; its allocation is gone.
+    CloseRelay { relay: RelayId },
+}
+
+/// Why a relay socket could not be bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenError {
+    /// Someone else holds the port: try another.
+    AddressInUse,
+    /// Out of descriptors or another failure: no point in trying another port now.
+    Other,
+}
+
+/// A relay port held by EVEN-PORT's R bit until claimed or expired.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Reservation {
+    pub family: Family,
+    pub port: u16,
+    pub expires_at: Instant,
+}
+
+pub struct Server {
+    pub(super) config: Config,
+    pub(super) policy: PeerPolicy,
+    pub(super) allocations: Slab<Allocation>,
+    pub(super) by_client: HashMap<(ListenerId, SocketAddr), AllocationId, SeededState>,
+    pub(super) ports: [PortPool; 2],
+    pub(super) timers: Timers,
+    pub(super) nonces: NonceKey,
+    pub(super) rng: Rng,
+    pub(super) outputs: VecDeque<Output>,
+    pub(super) counters: Counters,
+    /// Ports held for a later Allocate with RESERVATION-TOKEN, by token.
+    pub(super) reservations: HashMap<u64, Reservation, SeededState>,
+    /// Transaction IDs of Data indications: a random prefix and a counter, so the data path
+    /// needs no call into the RNG.
+    indication_prefix: [u8; 8],
+    indication_counter: u32,
+}
+
+impl Server {
+    pub fn new(config: Config, seed: [u8; 32]) -> Self {
+        let mut rng = Rng::new(seed);
+        let nonces = NonceKey::new(rng.bytes32());
+        let hash_key = [rng.next_u64(), rng.next_u64()];
+        let indication_prefix = rng.next_u64().to_le_bytes();
+        // One pool per family (RFC 8656 §7.2 allows the same port number in both).
+        let ports = [PortPool::new(config.ports.clone()), PortPool::new(config.ports.clone())];
+        Server {
+            policy: PeerPolicy {
+                allow_loopback: config.allow_loopback_peers,
+            },
+            config,
+            allocations: Slab::new(),
+            by_client: HashMap::with_hasher(SeededState::new(hash_key)),
+            reservations: HashMap::with_hasher(SeededState::new(hash_key)),
+            ports,
+            timers: Timers::default(),
+            nonces,
+            rng,
+            outputs: VecDeque::new(),
+            counters: Counters::default(),
+            indication_prefix,
+            indication_counter: 0,
+        }
+    }
+
+    /// A datagram from a client on a listen socket. Returns the forwarding decision for
+    /// ChannelData and Send indications; everything else is answered through `poll_output`.
+    pub fn handle_client_datagram(
+        &mut self,
+        now: Now,
+        listener: ListenerId,
+        from: SocketAddr,
+        datagram: &[u8],
+    ) -> Option<Forward> {
+        match message::classify(datagram) {
+            Framing::ChannelData { channel, payload } => {
+                self.channel_data_from_client(now.instant, listener, from, channel, payload)
+            }
+            Framing::Stun(header) => self.handle_stun(now, listener, from, datagram, header),
+            Framing::Malformed => {
+                self.counters.malformed += 1;
+                None
+            }
+        }
+    }
+
+    fn channel_data_from_client(
+        &mut self,
+        now: Instant,
+        listener: ListenerId,
+        from: SocketAddr,
+        channel: u16,
+        payload: Range<usize>,
+    ) -> Option<Forward> {
+        let Some(allocation) = self.live_allocation(listener, from, now) else {
+            self.counters.channel_data_no_allocation += 1;
+            return None;
+        };
+        let Some(peer) = allocation.channel_peer(channel, now) else {
+            self.counters.channel_data_unbound += 1;
+            return None;
+        };
+        let RelaySocket::Open { relay, .. } = allocation.relay(Family::of_addr(peer)) else {
+            self.counters.channel_data_unbound += 1;
+            return None;
+        };
+        self.counters.relayed_to_peer_packets += 1;
+        self.counters.relayed_to_peer_bytes += payload.len() as u64;
+        Some(Forward {
+            relay,
+            peer,
+            payload,
+        })
+    }
+
+    /// The allocation of a 5-tuple, if it exists and has not expired (an expired one may
+    /// still be in the map until its timer fires).
+    pub(super) fn live_allocation(
+        &self,
+        listener: ListenerId,
+        client: SocketAddr,
+        now: Instant,
+    ) -> Option<&Allocation> {
+        let id = self.by_client.get(&(listener, client))?;
+        self.allocations
+            .get(id.0)
+            .filter(|a| now < a.expires_at && a.is_open())
+    }
+
+    /// A datagram from a peer on a relay socket. The payload is at
+    /// `buf[HEADROOM..HEADROOM + len]`; `buf` must extend `TAILROOM` bytes past it.
+    pub fn handle_peer_datagram(
+        &mut self,
+        now: Now,
+        allocation: AllocationId,
+        from: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Option<Deliver> {
+        let now = now.instant;
+        let Some(a) = self
+            .allocations
+            .get(allocation.0)
+            .filter(|a| now < a.expires_at)
+        else {
+            self.counters.peer_no_allocation += 1;
+            return None;
+        };
+        if !a.has_permission(from.ip(), now) {
+            self.counters.peer_no_permission += 1;
+            return None;
+        }
+        if buf.len() < HEADROOM + len + TAILROOM {
+            self.counters.malformed += 1;
+            return None;
+        }
+        let (listener, client) = (a.listener, a.client);
+        let frame = match a.channel_to(from, now) {
+            Some(number) => write_channel_data_header(buf, HEADROOM, len, number),
+            None => {
+                self.indication_counter = self.indication_counter.wrapping_add(1);
+                let mut transaction_id = [0u8; 12];
+                transaction_id[..8].copy_from_slice(&self.indication_prefix);
+                transaction_id[8..].copy_from_slice(&self.indication_counter.to_be_bytes());
+                write_data_indication_header(buf, HEADROOM, len, from, transaction_id)?
+            }
+        };
+        self.counters.relayed_to_client_packets += 1;
+        self.counters.relayed_to_client_bytes += len as u64;
+        Some(Deliver {
+            listener,
+            client,
+            frame,
+        })
+    }
+
+    /// The driver's answer to `Output::OpenRelay`.
+    pub fn handle_relay_opened(
+        &mut self,
+        now: Now,
+        allocation: AllocationId,
+        family: Family,
+        result: Result<RelayId, OpenError>,
+    ) {
+        let state = self.allocations.get(allocation.0).map(|a| a.relay(family));
+        let Some(RelaySocket::Opening { port, attempts }) = state else {
+            // The allocation went away meanwhile: don't leak the socket.
+            if let Ok(relay) = result {
+                self.outputs.push_back(Output::CloseRelay { relay });
+            }
+            return;
+        };
+        match result {
+            Ok(relay) => {
+                self.set_relay(allocation, family, RelaySocket::Open { relay, port });
+                if self
+                    .allocations
+                    .get(allocation.0)
+                    .is_some_and(|a| a.is_open())
+                {
+                    self.finish_allocate(now, allocation);
+                }
+            }
+            Err(error) => {
+                self.counters.relay_open_failed += 1;
+                let retry = match error {
+                    OpenError::AddressInUse if attempts < MAX_BIND_ATTEMPTS => {
+                        let need = self.allocations.get(allocation.0).map(|a| a.port_need);
+                        need.and_then(|need| self.ports[family.index()].take(&mut self.rng, need))
+                    }
+                    _ => None,
+                };
+                self.ports[family.index()].release(port);
+                match retry {
+                    Some(next) => {
+                        let attempts = attempts + 1;
+                        self.set_relay(
+                            allocation,
+                            family,
+                            RelaySocket::Opening {
+                                port: next,
+                                attempts,
+                            },
+                        );
+                        self.request_relay(allocation, family, next);
+                    }
+                    None => {
+                        self.set_relay(allocation, family, RelaySocket::None);
+                        self.fail_allocate(allocation);
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_relay(&mut self, allocation: AllocationId, family: Family, state: RelaySocket) {
+        if let Some(a) = self.allocations.get_mut(allocation.0) {
+            a.relays[family.index()] = state;
+        }
+    }
+
+    pub(super) fn request_relay(&mut self, allocation: AllocationId, family: Family, port: u16) {
+        if let Some(relay_address) = self.config.relay_address(family) {
+            self.outputs.push_back(Output::OpenRelay {
+                allocation,
+                family,
+                addr: SocketAddr::new(relay_address.bind, port),
+            });
+        }
+    }
+
+    /// Expires what is due. Early, late or repeated calls are harmless.
+    pub fn handle_timeout(&mut self, now: Now) {
+        let now = now.instant;
+        while let Some((at, due)) = self.timers.pop_due(now) {
+            let id = match due {
+                Due::Allocation(id) => id,
+                Due::Reservation(token) => {
+                    self.expire_reservation(token, now);
+                    continue;
+                }
+            };
+            let Some(allocation) = self.allocations.get_mut(id.0) else {
+                continue;
+            };
+            if allocation.scheduled != Some(at) {
+                continue; // superseded by an earlier entry
+            }
+            allocation.scheduled = None;
+            if allocation.expires_at <= now {
+                self.counters.allocations_expired += 1;
+                self.remove_allocation(id);
+                continue;
+            }
+            allocation.sweep(now);
+            self.schedule(id);
+        }
+    }
+
+    fn expire_reservation(&mut self, token: u64, now: Instant) {
+        if let Some(reservation) = self.reservations.get(&token).copied()
+            && reservation.expires_at <= now
+        {
+            self.reservations.remove(&token);
+            self.ports[reservation.family.index()].release(reservation.port);
+        }
+    }
+
+    /// Makes sure the timer fires no later than the allocation's next deadline.
+    pub(super) fn schedule(&mut self, id: AllocationId) {
+        let Some(allocation) = self.allocations.get_mut(id.0) else {
+            return;
+        };
+        let deadline = allocation.next_deadline();
+        if allocation.scheduled.is_none_or(|at| deadline < at) {
+            allocation.scheduled = Some(deadline);
+            self.timers.schedule(deadline, Due::Allocation(id));
+        }
+    }
+
+    /// Deletes an allocation: its relay sockets are closed and its ports return to the pool.
+    pub(super) fn remove_allocation(&mut self, id: AllocationId) {
+        let Some(allocation) = self.allocations.try_remove(id.0) else {
+            return;
+        };
+        self.by_client
+            .remove(&(allocation.listener, allocation.client));
+        for family in Family::ALL {
+            let relay = allocation.relay(family);
+            if let RelaySocket::Open { relay, .. } = relay {
+                self.outputs.push_back(Output::CloseRelay { relay });
+            }
+            if let Some(port) = relay.port() {
+                self.ports[family.index()].release(port);
+            }
+        }
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When `handle_timeout` should be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next_deadline()
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn allocation_count(&self) -> usize {
+        self.allocations.len()
+    }
+
+    /// Relay ports in use, per family (IPv4, IPv6).
+    pub fn ports_in_use(&self) -> [usize; 2] {
+        [self.ports[0].in_use(), self.ports[1].in_use()]
+    }
+
+    pub(super) fn reply(&mut self, listener: ListenerId, client: SocketAddr, bytes: Vec<u8>) {
+        if !bytes.is_empty() {
+            self.outputs.push_back(Output::ToClient {
+                listener,
+                client,
+                bytes,
+            });
+        }
+    }
+
+    /// Fresh nonce for a 401/438 answer to `client`.
+    pub(super) fn nonce_for(&self, now: Now, client: SocketAddr) -> String {
+        self.nonces.issue(now.unix_secs, client)
+    }
+
+    pub(super) fn is_request(header: &Header) -> bool {
+        header.class == MessageClass::Request
+    }
+}
+
+/// Ports tried for one relay socket before answering 508.
+const MAX_BIND_ATTEMPTS: u8 = 8;

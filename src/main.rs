@@ -1,0 +1,65 @@
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use log::{error, info};
+
+use relay::cli::{self, Args};
+use relay::core::credentials;
+use relay::driver::{self, Driver};
+
+/// How long the credentials logged for a generated secret stay valid.
+const DEMO_CREDENTIALS_TTL_SECS: u64 = 24 * 3600;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+
+    let settings = match cli::settings(args, || hex(&random_bytes::<16>())) {
+        Ok(settings) => settings,
+        Err(message) => {
+            eprintln!("relay: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = settings.config.clone();
+    let mut driver = match Driver::new(settings.config, random_bytes::<32>()) {
+        Ok(driver) => driver,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    driver::log_startup(&config, &driver.listen_addresses());
+    if let Some(secret) = settings.generated_secret {
+        let expiry = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            + DEMO_CREDENTIALS_TTL_SECS;
+        let username = format!("{expiry}:demo");
+        let password = credentials::rest_api_password(secret.as_bytes(), &username);
+        info!("no --auth-secret given: generated secret {secret} for this run");
+        info!("try it: username {username} password {password} (valid 24 h)");
+    }
+    match driver.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("event loop failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    if let Err(e) = getrandom::fill(&mut bytes) {
+        // Without the OS random source nonces and ports would be predictable: refuse to run.
+        eprintln!("relay: cannot read the OS random source: {e}");
+        std::process::exit(1);
+    }
+    bytes
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
