@@ -107,7 +107,10 @@ impl Server {
         let hash_key = [rng.next_u64(), rng.next_u64()];
         let indication_prefix = rng.next_u64().to_le_bytes();
         // One pool per family (RFC 8656 §7.2 allows the same port number in both).
-        let ports = [PortPool::new(config.ports.clone()), PortPool::new(config.ports.clone())];
+        let ports = [
+            PortPool::new(config.ports.clone()),
+            PortPool::new(config.ports.clone()),
+        ];
         Server {
             policy: PeerPolicy {
                 allow_loopback: config.allow_loopback_peers,

@@ -349,8 +349,9 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=200, help="payloads to send (default 200)")
     parser.add_argument("--size", type=int, default=100,
                         help=f"payload size in bytes, >= {MIN_SIZE} (default 100)")
-    parser.add_argument("--family", type=int, choices=(4, 6), default=4,
-                        help="IP family of server, relay and peer (default 4)")
+    parser.add_argument("--family", type=int, choices=(4, 6), default=None,
+                        help="IP family of server, relay and peer "
+                             "(default 6 for an IPv6 --server, else 4)")
     parser.add_argument("--peer-host", default=None,
                         help="address of the echo peer (default 127.0.0.1, or ::1 with --family 6)")
     parser.add_argument("--timeout", type=float, default=10.0,
@@ -375,6 +376,8 @@ def main() -> int:
         parser.error("--window must be at least 1")
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
+    if args.family is None:
+        args.family = 6 if ":" in args.server[0] else 4
     if args.peer_host is None:
         args.peer_host = "::1" if args.family == 6 else "127.0.0.1"
 

@@ -1,0 +1,114 @@
+//! The binary's command line: every flag in --help with its environment variable, clear
+//! errors with a non-zero exit, and a usable generated secret when none is given.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{Client, RelayProcess};
+use relay::core::message::Attribute;
+use stun_codec::MessageClass;
+use stun_codec::rfc5766::attributes::RequestedTransport;
+use stun_codec::rfc5766::methods::ALLOCATE;
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_relay"));
+    command.args(args).env_remove("RELAY_LISTEN_ADDR");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    // Invalid configurations exit before binding anything, so this cannot hang; a valid one
+    // would run forever, which no case here is.
+    command.output().expect("run relay")
+}
+
+#[test]
+fn help_lists_every_flag_with_its_environment_variable() {
+    let output = run(&["--help"], &[]);
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for (flag, env) in [
+        ("--listen-addr", "RELAY_LISTEN_ADDR"),
+        ("--public-ip4-addr", "RELAY_PUBLIC_IP4_ADDR"),
+        ("--lowest-port", "RELAY_LOWEST_PORT"),
+        ("--highest-port", "RELAY_HIGHEST_PORT"),
+        ("--realm", "RELAY_REALM"),
+        ("--auth-secret", "RELAY_AUTH_SECRET"),
+        ("--allow-loopback-peers", "RELAY_ALLOW_LOOPBACK_PEERS"),
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+        assert!(help.contains(env), "{env} missing from --help");
+    }
+}
+
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
+#[test]
+fn invalid_configuration_exits_non_zero_with_a_clear_message() {
+    // (arguments, environment, what the error must mention)
+    let cases: &[Case] = &[
+        (&["--lowest-port", "70000"], &[], "--lowest-port"),
+        (
+            &["--lowest-port", "5000", "--highest-port", "4000"],
+            &[],
+            "--lowest-port",
+        ),
+        (&["--lowest-port", "0"], &[], "--lowest-port"),
+        (&["--listen-addr", "not-an-address"], &[], "--listen-addr"),
+        (&["--realm", ""], &[], "--realm"),
+        (&["--auth-secret", ""], &[], "--auth-secret"),
+        (&["--public-ip4-addr", "::1"], &[], "--public-ip4-addr"),
+        (&["--no-such-flag"], &[], "--no-such-flag"),
+        (&[], &[("RELAY_HIGHEST_PORT", "banana")], "--highest-port"),
+    ];
+    for (args, env, mentions) in cases {
+        let output = run(args, env);
+        assert!(!output.status.success(), "{args:?} {env:?} must fail");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(mentions),
+            "{args:?}: stderr {stderr:?} should mention {mentions}"
+        );
+    }
+}
+
+#[test]
+fn listen_address_in_use_is_a_clear_start_up_error() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let output = run(&["--listen-addr", &addr, "--auth-secret", "x"], &[]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&addr), "{stderr}");
+}
+
+#[test]
+fn without_a_secret_the_logged_credentials_work() {
+    let mut relay = RelayProcess::start(&["--lowest-port", "43000", "--highest-port", "43099"]);
+    let line = relay.wait_for_log("username ");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let after = |key: &str| {
+        let at = words.iter().position(|w| *w == key).expect(key);
+        words[at + 1].to_owned()
+    };
+    let (username, password) = (after("username"), after("password"));
+    let mut client = Client::new(relay.addr, &username, &password);
+    let response = client.authenticated(
+        ALLOCATE,
+        vec![Attribute::RequestedTransport(RequestedTransport::new(17))],
+    );
+    assert_eq!(
+        response.class(),
+        MessageClass::SuccessResponse,
+        "{:?}",
+        response.error_code()
+    );
+}
+
+#[test]
+fn environment_variables_configure_the_relay() {
+    // RELAY_LISTEN_ADDR takes a comma-separated list.
+    let output = run(&[], &[("RELAY_LISTEN_ADDR", "127.0.0.1:1,bogus")]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("bogus"));
+}

@@ -1,0 +1,308 @@
+//! Shared by the integration tests: start the real `relay` binary on loopback and talk
+//! STUN/TURN to it over real UDP sockets.
+#![allow(dead_code)] // each test binary uses a different part of this
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytecodec::DecodeExt;
+use relay::core::credentials::{long_term_key, rest_api_password};
+use relay::core::integrity;
+use relay::core::message::{self, Attribute};
+use stun_codec::rfc5389::attributes::{ErrorCode, Nonce, Realm, Username};
+use stun_codec::{Message, MessageClass, MessageDecoder, Method, TransactionId};
+
+pub const SECRET: &str = "integration-secret";
+pub const REALM: &str = "test.realm";
+/// Every wait in these tests is bounded by this.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The relay binary, killed when dropped.
+pub struct RelayProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    logs: Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl RelayProcess {
+    /// Starts the relay on 127.0.0.1 with a kernel-chosen port and waits for its start-up line.
+    pub fn start(extra: &[&str]) -> RelayProcess {
+        let mut args = vec!["--listen-addr", "127.0.0.1:0", "--realm", REALM];
+        args.extend_from_slice(extra);
+        RelayProcess::start_with(&args)
+    }
+
+    pub fn start_with(args: &[&str]) -> RelayProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start relay");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, logs) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut relay = RelayProcess {
+            child,
+            addr: "0.0.0.0:0".parse().expect("addr"),
+            logs,
+            seen: Vec::new(),
+        };
+        let line = relay.wait_for_log("listening on");
+        relay.addr = parse_listen_addr(&line);
+        relay
+    }
+
+    /// Waits (bounded) for a log line containing `needle` and returns it.
+    pub fn wait_for_log(&mut self, needle: &str) -> String {
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.logs.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("relay never logged {needle:?}; saw {:#?}", self.seen),
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn parse_listen_addr(line: &str) -> SocketAddr {
+    let start = line.find("listening on [").expect("listen line") + "listening on [".len();
+    let rest = &line[start..];
+    let end = rest.find([']', ',']).expect("end of address");
+    rest[..end].parse().expect("listen address")
+}
+
+/// REST API credentials valid for an hour.
+pub fn credentials(user: &str) -> (String, String) {
+    let expiry = unix_now() + 3600;
+    let username = format!("{expiry}:{user}");
+    let password = rest_api_password(SECRET.as_bytes(), &username);
+    (username, password)
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// A TURN client over one UDP socket, with long-term credentials once it learned a nonce.
+pub struct Client {
+    pub socket: UdpSocket,
+    pub server: SocketAddr,
+    pub username: String,
+    pub password: String,
+    pub realm: String,
+    pub nonce: Option<String>,
+    next_id: u8,
+}
+
+pub struct Response {
+    pub message: Message<Attribute>,
+    pub bytes: Vec<u8>,
+}
+
+impl Response {
+    pub fn class(&self) -> MessageClass {
+        self.message.class()
+    }
+
+    pub fn error_code(&self) -> Option<u16> {
+        self.message.get_attribute::<ErrorCode>().map(|e| e.code())
+    }
+
+    pub fn get<T>(&self) -> Option<&T>
+    where
+        T: stun_codec::Attribute,
+        Attribute: stun_codec::convert::TryAsRef<T>,
+    {
+        self.message.get_attribute::<T>()
+    }
+}
+
+impl Client {
+    pub fn new(server: SocketAddr, username: &str, password: &str) -> Client {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind client");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        Client {
+            socket,
+            server,
+            username: username.to_owned(),
+            password: password.to_owned(),
+            realm: REALM.to_owned(),
+            nonce: None,
+            next_id: 0,
+        }
+    }
+
+    pub fn transaction_id(&mut self) -> TransactionId {
+        self.next_id = self.next_id.wrapping_add(1);
+        let mut id = [0x5A; 12];
+        id[11] = self.next_id;
+        id[0] = (std::process::id() & 0xFF) as u8;
+        TransactionId::new(id)
+    }
+
+    /// Sends a request (signed once a nonce is known) and waits for its response.
+    pub fn request(&mut self, method: Method, attributes: Vec<Attribute>) -> Response {
+        let id = self.transaction_id();
+        self.request_with_id(method, attributes, id)
+    }
+
+    pub fn request_with_id(
+        &mut self,
+        method: Method,
+        attributes: Vec<Attribute>,
+        id: TransactionId,
+    ) -> Response {
+        let bytes = self.encode_request(method, attributes, id);
+        self.exchange(&bytes, id)
+    }
+
+    pub fn encode_request(
+        &self,
+        method: Method,
+        attributes: Vec<Attribute>,
+        id: TransactionId,
+    ) -> Vec<u8> {
+        let mut request = Message::new(MessageClass::Request, method, id);
+        for attribute in attributes {
+            request.add_attribute(attribute);
+        }
+        match &self.nonce {
+            Some(nonce) => {
+                request.add_attribute(Username::new(self.username.clone()).expect("username"));
+                request.add_attribute(Realm::new(self.realm.clone()).expect("realm"));
+                request.add_attribute(Nonce::new(nonce.clone()).expect("nonce"));
+                let key = long_term_key(&self.username, &self.realm, &self.password);
+                message::encode(request, Some(&key), true)
+            }
+            None => message::encode(request, None, true),
+        }
+    }
+
+    /// Sends raw bytes and waits (bounded, with retransmissions) for the response to `id`.
+    pub fn exchange(&mut self, bytes: &[u8], id: TransactionId) -> Response {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            self.socket.send_to(bytes, self.server).expect("send");
+            let mut buf = [0u8; 2048];
+            while let Ok((len, _)) = self.socket.recv_from(&mut buf) {
+                let Ok(Ok(message)) =
+                    MessageDecoder::<Attribute>::new().decode_from_bytes(&buf[..len])
+                else {
+                    continue;
+                };
+                if message.transaction_id() == id {
+                    return Response {
+                        message,
+                        bytes: buf[..len].to_vec(),
+                    };
+                }
+            }
+        }
+        panic!("no response from the relay within {WAIT:?}");
+    }
+
+    /// A request that first learns the nonce from the 401, as real clients do.
+    pub fn authenticated(&mut self, method: Method, attributes: Vec<Attribute>) -> Response {
+        if self.nonce.is_none() {
+            let first = self.request(method, attributes.clone());
+            assert_eq!(
+                first.error_code(),
+                Some(401),
+                "unauthenticated request must get 401"
+            );
+            let nonce = first
+                .get::<Nonce>()
+                .expect("401 carries NONCE")
+                .value()
+                .to_owned();
+            let realm = first
+                .get::<Realm>()
+                .expect("401 carries REALM")
+                .text()
+                .to_owned();
+            assert_eq!(realm, REALM);
+            self.nonce = Some(nonce);
+        }
+        let response = self.request(method, attributes);
+        if response.class() == MessageClass::SuccessResponse
+            || response.error_code().is_some_and(|c| c != 401 && c != 438)
+        {
+            let key = long_term_key(&self.username, &self.realm, &self.password);
+            let layout = integrity::locate(&response.bytes).expect("layout");
+            let at = layout
+                .message_integrity
+                .expect("response to an authenticated request is signed");
+            assert!(integrity::verify_message_integrity(
+                &response.bytes,
+                at,
+                &key
+            ));
+        }
+        response
+    }
+
+    /// Waits (bounded) for any datagram from the relay.
+    pub fn recv_datagram(&self) -> Vec<u8> {
+        let deadline = Instant::now() + WAIT;
+        let mut buf = [0u8; 65536];
+        while Instant::now() < deadline {
+            if let Ok((len, from)) = self.socket.recv_from(&mut buf)
+                && from == self.server
+            {
+                return buf[..len].to_vec();
+            }
+        }
+        panic!("no datagram from the relay within {WAIT:?}");
+    }
+}
+
+/// A plain UDP peer on loopback.
+pub fn peer_socket() -> UdpSocket {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind peer");
+    socket.set_read_timeout(Some(WAIT)).expect("timeout");
+    socket
+}
+
+pub fn channel_data(channel: u16, payload: &[u8]) -> Vec<u8> {
+    let mut frame = channel.to_be_bytes().to_vec();
+    frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}

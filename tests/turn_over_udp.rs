@@ -1,0 +1,216 @@
+//! The real binary over real UDP on loopback: Binding, 401 → Allocate, Refresh, ChannelBind,
+//! ChannelData both ways, and the error answers a client can provoke.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+
+use common::{Client, RelayProcess, channel_data, credentials, peer_socket};
+use relay::core::message::Attribute;
+use stun_codec::MessageClass;
+use stun_codec::rfc5389::attributes::XorMappedAddress;
+use stun_codec::rfc5389::methods::BINDING;
+use stun_codec::rfc5766::attributes::{
+    ChannelNumber, Lifetime, RequestedTransport, XorPeerAddress, XorRelayAddress,
+};
+use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND, REFRESH};
+
+fn relay() -> RelayProcess {
+    RelayProcess::start(&[
+        "--auth-secret",
+        common::SECRET,
+        "--allow-loopback-peers",
+        "--lowest-port",
+        "42000",
+        "--highest-port",
+        "42999",
+    ])
+}
+
+fn udp() -> Attribute {
+    Attribute::RequestedTransport(RequestedTransport::new(17))
+}
+
+fn allocate(client: &mut Client) -> SocketAddr {
+    let response = client.authenticated(ALLOCATE, vec![udp()]);
+    assert_eq!(
+        response.class(),
+        MessageClass::SuccessResponse,
+        "{:?}",
+        response.error_code()
+    );
+    let mapped = response
+        .get::<XorMappedAddress>()
+        .expect("XOR-MAPPED-ADDRESS")
+        .address();
+    assert_eq!(mapped, client.socket.local_addr().expect("local"));
+    let lifetime = response
+        .get::<Lifetime>()
+        .expect("LIFETIME")
+        .lifetime()
+        .as_secs();
+    assert_eq!(lifetime, 600);
+    response
+        .get::<XorRelayAddress>()
+        .expect("XOR-RELAYED-ADDRESS")
+        .address()
+}
+
+#[test]
+fn binding_reports_the_mapped_address() {
+    let relay = relay();
+    let mut client = Client::new(relay.addr, "", "");
+    let response = client.request(BINDING, vec![]);
+    assert_eq!(response.class(), MessageClass::SuccessResponse);
+    let mapped = response
+        .get::<XorMappedAddress>()
+        .expect("XOR-MAPPED-ADDRESS")
+        .address();
+    assert_eq!(mapped, client.socket.local_addr().expect("local"));
+}
+
+#[test]
+fn allocate_bind_and_relay_channel_data_both_ways_then_refresh_and_delete() {
+    let relay = relay();
+    let (username, password) = credentials("alice");
+    let mut client = Client::new(relay.addr, &username, &password);
+    let relayed = allocate(&mut client);
+    assert_eq!(relayed.ip(), relay.addr.ip());
+    assert!((42000..=42999).contains(&relayed.port()), "{relayed}");
+
+    let peer = peer_socket();
+    let peer_addr = peer.local_addr().expect("peer addr");
+    let bind = client.authenticated(
+        CHANNEL_BIND,
+        vec![
+            Attribute::ChannelNumber(ChannelNumber::new(0x4001).expect("number")),
+            Attribute::XorPeerAddress(XorPeerAddress::new(peer_addr)),
+        ],
+    );
+    assert_eq!(
+        bind.class(),
+        MessageClass::SuccessResponse,
+        "{:?}",
+        bind.error_code()
+    );
+
+    // client → peer, from the relayed address, payload unchanged
+    let mut buf = [0u8; 2048];
+    for i in 0..20u8 {
+        let payload = vec![i; 100 + usize::from(i)];
+        client
+            .socket
+            .send_to(&channel_data(0x4001, &payload), relay.addr)
+            .expect("send");
+        let (len, from) = peer.recv_from(&mut buf).expect("peer receives");
+        assert_eq!(from, relayed);
+        assert_eq!(&buf[..len], &payload[..]);
+    }
+    // peer → client, framed as ChannelData on the listener the allocation came in on
+    for i in 0..20u8 {
+        let payload = vec![i ^ 0xFF; 1200];
+        peer.send_to(&payload, relayed).expect("peer send");
+        let frame = client.recv_datagram();
+        assert_eq!(frame, channel_data(0x4001, &payload));
+    }
+
+    let refresh =
+        client.authenticated(REFRESH, vec![Attribute::Lifetime(Lifetime::from_u32(1800))]);
+    assert_eq!(refresh.class(), MessageClass::SuccessResponse);
+    assert_eq!(
+        refresh
+            .get::<Lifetime>()
+            .expect("LIFETIME")
+            .lifetime()
+            .as_secs(),
+        1800
+    );
+
+    let delete = client.authenticated(REFRESH, vec![Attribute::Lifetime(Lifetime::from_u32(0))]);
+    assert_eq!(delete.class(), MessageClass::SuccessResponse);
+    // The relay port was closed: we can bind it ourselves.
+    UdpSocket::bind(relayed).expect("relay port released after Refresh(0)");
+    let again = client.authenticated(REFRESH, vec![]);
+    assert_eq!(again.error_code(), Some(437));
+}
+
+#[test]
+fn error_answers_over_the_wire() {
+    let relay = relay();
+    let (username, password) = credentials("bob");
+    let mut client = Client::new(relay.addr, &username, &password);
+
+    // No allocation yet.
+    let refresh = client.authenticated(REFRESH, vec![]);
+    assert_eq!(refresh.error_code(), Some(437));
+    // Missing REQUESTED-TRANSPORT, then TCP.
+    assert_eq!(
+        client.authenticated(ALLOCATE, vec![]).error_code(),
+        Some(400)
+    );
+    let tcp = Attribute::RequestedTransport(RequestedTransport::new(6));
+    assert_eq!(
+        client.authenticated(ALLOCATE, vec![tcp]).error_code(),
+        Some(442)
+    );
+
+    allocate(&mut client);
+    // A second Allocate on the same 5-tuple.
+    assert_eq!(
+        client.authenticated(ALLOCATE, vec![udp()]).error_code(),
+        Some(437)
+    );
+
+    // RFC 5766's wider channel range is refused with a clean 400, not silence.
+    let peer: SocketAddr = "127.0.0.1:9999".parse().expect("peer");
+    let id = client.transaction_id();
+    let wide = rewrite_with_raw_channel(&client, 0x7001, peer, id);
+    let response = client.exchange(&wide, id);
+    assert_eq!(response.error_code(), Some(400));
+
+    // Wrong password.
+    let mut intruder = Client::new(relay.addr, &username, "not-the-password");
+    assert_eq!(
+        intruder.authenticated(ALLOCATE, vec![udp()]).error_code(),
+        Some(401)
+    );
+    // Expired REST username.
+    let expired = format!("{}:carol", common::unix_now() - 10);
+    let password = relay::core::credentials::rest_api_password(common::SECRET.as_bytes(), &expired);
+    let mut late = Client::new(relay.addr, &expired, &password);
+    assert_eq!(
+        late.authenticated(ALLOCATE, vec![udp()]).error_code(),
+        Some(401)
+    );
+}
+
+/// A ChannelBind whose CHANNEL-NUMBER stun_codec would refuse to encode, built by hand and
+/// signed, like an RFC 5766 client would send it.
+fn rewrite_with_raw_channel(
+    client: &Client,
+    number: u16,
+    peer: SocketAddr,
+    id: stun_codec::TransactionId,
+) -> Vec<u8> {
+    let mut bytes = client.encode_request(
+        CHANNEL_BIND,
+        vec![
+            Attribute::ChannelNumber(ChannelNumber::new(0x4FFF).expect("number")),
+            Attribute::XorPeerAddress(XorPeerAddress::new(peer)),
+        ],
+        id,
+    );
+    // Patch the channel number (attribute 0x000C, right after the header), then re-sign.
+    assert_eq!(&bytes[20..22], &[0x00, 0x0C]);
+    bytes[24..26].copy_from_slice(&number.to_be_bytes());
+    let layout = relay::core::integrity::locate(&bytes).expect("layout");
+    let mi = layout.message_integrity.expect("signed");
+    bytes.truncate(mi);
+    let length = (bytes.len() - 20) as u16;
+    bytes[2..4].copy_from_slice(&length.to_be_bytes());
+    let key =
+        relay::core::credentials::long_term_key(&client.username, &client.realm, &client.password);
+    relay::core::integrity::append_message_integrity(&mut bytes, &key);
+    relay::core::integrity::append_fingerprint(&mut bytes);
+    bytes
+}
