@@ -1,7 +1,7 @@
 //! Command-line flags (each also an environment variable) and their validation into the
 //! core's `Config`. Invalid input is a clear message and a non-zero exit, never a panic.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use clap::Parser;
 
@@ -9,6 +9,8 @@ use crate::core::{Config, Lifetimes, RelayAddress};
 use crate::driver::interfaces;
 
 pub const DEFAULT_REALM: &str = "relay";
+/// Dual-stack by default; IPv6 sockets are IPV6_V6ONLY so both can bind port 3478.
+pub const DEFAULT_LISTEN: [&str; 2] = ["0.0.0.0:3478", "[::]:3478"];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,7 +25,7 @@ pub struct Args {
         env = "RELAY_LISTEN_ADDR",
         value_name = "ADDR:PORT",
         value_delimiter = ',',
-        default_value = "0.0.0.0:3478"
+        default_values = DEFAULT_LISTEN
     )]
     pub listen_addr: Vec<SocketAddr>,
 
@@ -31,6 +33,12 @@ pub struct Args {
     /// address if not unspecified, else the host's first non-loopback IPv4 address].
     #[arg(long, env = "RELAY_PUBLIC_IP4_ADDR", value_name = "IP")]
     pub public_ip4_addr: Option<Ipv4Addr>,
+
+    /// Public IPv6 address announced in XOR-RELAYED-ADDRESS [default: the IPv6 listen
+    /// address if not unspecified, else the host's first global IPv6 address; with none,
+    /// IPv6 allocations get 440].
+    #[arg(long, env = "RELAY_PUBLIC_IP6_ADDR", value_name = "IP")]
+    pub public_ip6_addr: Option<Ipv6Addr>,
 
     /// Lowest relay port.
     #[arg(
@@ -74,9 +82,19 @@ pub struct Settings {
     pub config: Config,
     /// Set when the secret was generated for this run: log a username/password.
     pub generated_secret: Option<String>,
+    /// Decisions start-up should log (defaults that had to change).
+    pub notes: Vec<String>,
 }
 
-pub fn settings(args: Args, random_secret: impl FnOnce() -> String) -> Result<Settings, String> {
+pub fn settings(
+    mut args: Args,
+    random_secret: impl FnOnce() -> String,
+) -> Result<Settings, String> {
+    let mut notes = Vec::new();
+    if is_default_listen(&args.listen_addr) && !ipv6_available() {
+        args.listen_addr.retain(|a| a.is_ipv4());
+        notes.push("IPv6 is not available on this host: listening on IPv4 only".to_owned());
+    }
     if args.listen_addr.is_empty() {
         return Err("--listen-addr: at least one address is required".into());
     }
@@ -97,13 +115,27 @@ pub fn settings(args: Args, random_secret: impl FnOnce() -> String) -> Result<Se
             (secret.clone(), Some(secret))
         }
     };
-    let relay_v4 = relay_address_v4(&args.listen_addr, args.public_ip4_addr)?;
+    let relay_v4 = relay_address(
+        &args.listen_addr,
+        false,
+        args.public_ip4_addr.map(IpAddr::V4),
+        &mut notes,
+    );
+    let relay_v6 = relay_address(
+        &args.listen_addr,
+        true,
+        args.public_ip6_addr.map(IpAddr::V6),
+        &mut notes,
+    );
+    if relay_v4.is_none() && relay_v6.is_none() {
+        return Err("--listen-addr: no address to relay from".into());
+    }
     let config = Config {
         listeners: args.listen_addr,
         realm: args.realm,
         auth_secrets: vec![secret.into_bytes()],
         relay_v4,
-        relay_v6: None,
+        relay_v6,
         ports: args.lowest_port..=args.highest_port,
         allow_loopback_peers: args.allow_loopback_peers,
         lifetimes: Lifetimes::default(),
@@ -111,23 +143,48 @@ pub fn settings(args: Args, random_secret: impl FnOnce() -> String) -> Result<Se
     Ok(Settings {
         config,
         generated_secret,
+        notes,
     })
 }
 
-/// Relay sockets bind where the IPv4 listener does; the announced address is the public one
-/// if given, else the listen address, else the host's own address.
-fn relay_address_v4(
+/// Relay sockets of a family bind where that family's first listener does; the announced
+/// address is the public one if given, else the listen address, else the host's own
+/// address. IPv4 falls back to loopback so a local test works out of the box; IPv6 without
+/// any address is simply not relayed (440).
+fn relay_address(
     listen: &[SocketAddr],
-    public: Option<Ipv4Addr>,
-) -> Result<Option<RelayAddress>, String> {
-    let Some(listener) = listen.iter().find(|a| a.is_ipv4()) else {
-        return Ok(None);
-    };
-    let bind = listener.ip();
+    ipv6: bool,
+    public: Option<IpAddr>,
+    notes: &mut Vec<String>,
+) -> Option<RelayAddress> {
+    let bind = listen.iter().find(|a| a.is_ipv6() == ipv6)?.ip();
     let public = match public {
-        Some(ip) => IpAddr::V4(ip),
+        Some(ip) => ip,
         None if !bind.is_unspecified() => bind,
-        None => interfaces::default_address(false).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        None => match interfaces::default_address(ipv6) {
+            Some(ip) => ip,
+            None if ipv6 => {
+                notes.push("no global IPv6 address found: IPv6 allocations get 440 (set --public-ip6-addr)".into());
+                return None;
+            }
+            None => {
+                notes.push("no non-loopback IPv4 address found: relaying from 127.0.0.1 (set --public-ip4-addr)".into());
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            }
+        },
     };
-    Ok(Some(RelayAddress { bind, public }))
+    Some(RelayAddress { bind, public })
+}
+
+fn is_default_listen(listen: &[SocketAddr]) -> bool {
+    let default: Vec<SocketAddr> = DEFAULT_LISTEN
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    listen == default.as_slice()
+}
+
+/// Whether this host can open IPv6 sockets at all (some containers disable IPv6).
+fn ipv6_available() -> bool {
+    std::net::UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).is_ok()
 }

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use log::{error, info};
+use log::{error, info, warn};
 
 use relay::cli::{self, Args};
 use relay::core::credentials;
@@ -31,6 +31,9 @@ fn main() -> ExitCode {
         }
     };
     driver::log_startup(&config, &driver.listen_addresses());
+    for note in &settings.notes {
+        warn!("{note}");
+    }
     if let Some(secret) = settings.generated_secret {
         let expiry = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -30,6 +30,7 @@ fn help_lists_every_flag_with_its_environment_variable() {
     for (flag, env) in [
         ("--listen-addr", "RELAY_LISTEN_ADDR"),
         ("--public-ip4-addr", "RELAY_PUBLIC_IP4_ADDR"),
+        ("--public-ip6-addr", "RELAY_PUBLIC_IP6_ADDR"),
         ("--lowest-port", "RELAY_LOWEST_PORT"),
         ("--highest-port", "RELAY_HIGHEST_PORT"),
         ("--realm", "RELAY_REALM"),

@@ -79,6 +79,8 @@ pub struct Allocation {
     pub allocate_response: Option<Vec<u8>>,
     /// Whether the Allocate carried FINGERPRINT (mirrored in its deferred response).
     pub allocate_fingerprint: bool,
+    /// DONT-FRAGMENT was requested: relay sockets send with DF set.
+    pub dont_fragment: bool,
     /// The kind of port EVEN-PORT asked for, kept for bind retries.
     pub port_need: PortNeed,
     /// The token of the port reserved next to ours (EVEN-PORT with R), for the response.
@@ -229,6 +231,7 @@ mod tests {
             allocate_transaction: TransactionId::new([0; 12]),
             allocate_response: None,
             allocate_fingerprint: false,
+            dont_fragment: false,
             port_need: PortNeed::Any,
             reservation: None,
             scheduled: None,

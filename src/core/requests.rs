@@ -5,6 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use stun_codec::MessageClass;
 use stun_codec::rfc5389::attributes::XorMappedAddress;
 use stun_codec::rfc5389::methods::BINDING;
 use stun_codec::rfc5766::attributes::{
@@ -15,7 +16,6 @@ use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, RE
 use stun_codec::rfc8656::attributes::{
     AdditionalAddressFamily, AddressFamily, RequestedAddressFamily,
 };
-use stun_codec::{Attribute as _, MessageClass};
 
 use super::allocation::{Allocation, BindRefusal, RelaySocket};
 use super::auth::Credentials;
@@ -179,11 +179,7 @@ impl Server {
         if transport.protocol() != UDP {
             return Err(Failure::UnsupportedTransport);
         }
-        if let Some(dont_fragment) = message.get_attribute::<DontFragment>() {
-            return Err(Failure::UnknownAttributes(vec![
-                dont_fragment.get_type().as_u16(),
-            ]));
-        }
+
         let families = self.requested_families(request)?;
         let even_port = message.get_attribute::<EvenPort>();
         let token = message
@@ -224,6 +220,7 @@ impl Server {
             allocate_transaction: requester.header.transaction_id,
             allocate_response: None,
             allocate_fingerprint: requester.fingerprint,
+            dont_fragment: message.get_attribute::<DontFragment>().is_some(),
             // A retry after a failed bind needs an even port, but no longer the pair.
             port_need: if need == PortNeed::Any {
                 need
@@ -563,14 +560,17 @@ impl Server {
         request: &Decoded,
     ) -> Option<Forward> {
         let message = &request.message;
-        if !message::unknown_required(message).is_empty()
-            || message.get_attribute::<DontFragment>().is_some()
-        {
+        if !message::unknown_required(message).is_empty() {
             return None;
         }
         let peer = message.get_attribute::<XorPeerAddress>()?.address();
         let data_len = message.get_attribute::<Data>()?.data().len();
         let allocation = self.live_allocation(requester.listener, requester.client, now.instant)?;
+        // RFC 8656 §10.2: DONT-FRAGMENT on a Send we cannot honour (the socket was opened
+        // without DF) means drop it.
+        if message.get_attribute::<DontFragment>().is_some() && !allocation.dont_fragment {
+            return None;
+        }
         if !allocation.has_permission(peer.ip(), now.instant)
             || !self.policy.allows(peer, PeerUse::ChannelOrSend)
         {

@@ -59,6 +59,8 @@ pub enum Output {
         allocation: AllocationId,
         family: Family,
         addr: SocketAddr,
+        /// Set DF on everything this socket sends (the client sent DONT-FRAGMENT).
+        dont_fragment: bool,
     },
     /// Close the relay socket; its allocation is gone.
     CloseRelay { relay: RelayId },
@@ -307,11 +309,16 @@ impl Server {
     }
 
     pub(super) fn request_relay(&mut self, allocation: AllocationId, family: Family, port: u16) {
+        let dont_fragment = self
+            .allocations
+            .get(allocation.0)
+            .is_some_and(|a| a.dont_fragment);
         if let Some(relay_address) = self.config.relay_address(family) {
             self.outputs.push_back(Output::OpenRelay {
                 allocation,
                 family,
                 addr: SocketAddr::new(relay_address.bind, port),
+                dont_fragment,
             });
         }
     }

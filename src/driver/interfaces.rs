@@ -36,15 +36,19 @@ pub fn local_addresses() -> Vec<IpAddr> {
     found
 }
 
-/// The first address of `family` that is neither loopback nor link-local, else loopback.
+/// The first address of the family that is neither loopback, link-local nor (IPv6)
+/// unique-local: one a client elsewhere could plausibly reach.
 pub fn default_address(want_v6: bool) -> Option<IpAddr> {
-    let candidates: Vec<IpAddr> = local_addresses()
-        .into_iter()
-        .filter(|ip| ip.is_ipv6() == want_v6)
-        .collect();
-    let routable = candidates.iter().find(|ip| match ip {
-        IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
-        IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local(),
-    });
-    routable.or(candidates.first()).copied()
+    local_addresses().into_iter().find(|ip| match ip {
+        IpAddr::V4(v4) => {
+            !want_v6 && !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified()
+        }
+        IpAddr::V6(v6) => {
+            want_v6
+                && !v6.is_loopback()
+                && !v6.is_unicast_link_local()
+                && !v6.is_unique_local()
+                && !v6.is_unspecified()
+        }
+    })
 }

@@ -62,7 +62,7 @@ impl Driver {
         let mut sockets = Slab::new();
         let mut listeners = Vec::new();
         for (index, addr) in config.listeners.iter().enumerate() {
-            let mut socket = sockets::bind_udp(*addr)
+            let mut socket = sockets::bind_udp(*addr, false)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
             let entry = sockets.vacant_entry();
             poll.registry()
@@ -233,8 +233,9 @@ impl Driver {
                     allocation,
                     family,
                     addr,
+                    dont_fragment,
                 } => {
-                    let result = self.open_relay(allocation, addr);
+                    let result = self.open_relay(allocation, addr, dont_fragment);
                     self.core
                         .handle_relay_opened(now, allocation, family, result);
                 }
@@ -247,8 +248,9 @@ impl Driver {
         &mut self,
         allocation: AllocationId,
         addr: SocketAddr,
+        dont_fragment: bool,
     ) -> Result<RelayId, OpenError> {
-        let bound = sockets::bind_udp(addr).and_then(|mut socket| {
+        let bound = sockets::bind_udp(addr, dont_fragment).and_then(|mut socket| {
             let entry = self.sockets.vacant_entry();
             self.poll
                 .registry()

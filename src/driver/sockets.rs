@@ -10,10 +10,13 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// datagrams. The kernel caps it at net.core.{r,w}mem_max (see README).
 const BUFFER_BYTES: usize = 4 << 20;
 
-pub fn bind_udp(addr: SocketAddr) -> io::Result<mio::net::UdpSocket> {
+pub fn bind_udp(addr: SocketAddr, dont_fragment: bool) -> io::Result<mio::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
+    }
+    if dont_fragment {
+        set_dont_fragment(&socket, addr.is_ipv6())?;
     }
     socket.set_nonblocking(true)?;
     // Best effort: a smaller buffer than asked for is not an error.
@@ -21,4 +24,35 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<mio::net::UdpSocket> {
     let _ = socket.set_send_buffer_size(BUFFER_BYTES);
     socket.bind(&addr.into())?;
     Ok(mio::net::UdpSocket::from_std(socket.into()))
+}
+
+/// DF on every datagram: IP_PMTUDISC_DO for IPv4 (the kernel never fragments, and refuses
+/// datagrams above the path MTU with EMSGSIZE), IPV6_DONTFRAG for IPv6.
+fn set_dont_fragment(socket: &Socket, ipv6: bool) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (level, name, value) = if ipv6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1)
+    } else {
+        (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )
+    };
+    let value: libc::c_int = value;
+    // SAFETY: a valid socket descriptor and a c_int option value of the right size.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
