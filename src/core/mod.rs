@@ -11,6 +11,7 @@ mod framing;
 mod hasher;
 pub mod ids;
 pub mod integrity;
+mod invariants;
 pub mod message;
 mod policy;
 mod ports;

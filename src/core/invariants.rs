@@ -1,0 +1,92 @@
+//! Internal consistency of the core, checked by tests, property tests and fuzzers after every
+//! input. Cheap enough to call often in tests; never called on the production path.
+
+use std::collections::HashSet;
+
+use super::allocation::{MAX_CHANNELS, MAX_PERMISSIONS, RelaySocket};
+use super::ids::{AllocationId, Family};
+use super::server::Server;
+
+impl Server {
+    /// Every broken invariant, described; empty when the state is consistent.
+    pub fn invariant_violations(&self) -> Vec<String> {
+        let mut broken = Vec::new();
+        for (key, id) in &self.by_client {
+            match self.allocations.get(id.0) {
+                None => broken.push(format!(
+                    "5-tuple {key:?} points at missing allocation {id:?}"
+                )),
+                Some(a) if (a.listener, a.client) != *key => broken.push(format!(
+                    "5-tuple {key:?} points at allocation of {:?}",
+                    (a.listener, a.client)
+                )),
+                _ => {}
+            }
+        }
+        if self.by_client.len() != self.allocations.len() {
+            broken.push(format!(
+                "{} 5-tuples for {} allocations",
+                self.by_client.len(),
+                self.allocations.len()
+            ));
+        }
+        for family in Family::ALL {
+            let held_by_allocations = self
+                .allocations
+                .iter()
+                .filter(|(_, a)| a.relay(family).port().is_some())
+                .count();
+            let held_by_reservations = self
+                .reservations
+                .values()
+                .filter(|r| r.family == family)
+                .count();
+            let in_use = self.ports[family.index()].in_use();
+            if in_use != held_by_allocations + held_by_reservations {
+                broken.push(format!(
+                    "{family:?}: pool says {in_use} ports in use, allocations hold {held_by_allocations}, reservations {held_by_reservations}"
+                ));
+            }
+        }
+        let mut relays = HashSet::new();
+        for (key, a) in &self.allocations {
+            let id = AllocationId(key);
+            if a.relays.iter().all(|r| *r == RelaySocket::None) {
+                broken.push(format!("{id:?} has no relay socket"));
+            }
+            for relay in a.relays {
+                if let RelaySocket::Open { relay, .. } = relay
+                    && !relays.insert(relay)
+                {
+                    broken.push(format!("relay {relay:?} shared by two allocations"));
+                }
+            }
+            if a.permissions.len() > MAX_PERMISSIONS || a.channels.len() > MAX_CHANNELS {
+                broken.push(format!("{id:?} exceeds its permission/channel bounds"));
+            }
+            let numbers: HashSet<u16> = a.channels.iter().map(|c| c.number).collect();
+            let peers: HashSet<_> = a.channels.iter().map(|c| c.peer).collect();
+            if numbers.len() != a.channels.len() || peers.len() != a.channels.len() {
+                broken.push(format!("{id:?} has a channel number or peer bound twice"));
+            }
+            if a.channels
+                .iter()
+                .any(|c| !(0x4000..=0x4FFF).contains(&c.number))
+            {
+                broken.push(format!("{id:?} has a channel number outside 0x4000-0x4FFF"));
+            }
+            if a.channels
+                .iter()
+                .any(|c| !a.has_family(Family::of_addr(c.peer)))
+            {
+                broken.push(format!(
+                    "{id:?} has a channel to a peer of a family it does not relay"
+                ));
+            }
+            if a.is_open() && a.scheduled.is_none() && a.allocate_response.is_some() {
+                broken.push(format!("{id:?} is live but has no timer"));
+            }
+        }
+        broken
+    }
+}
