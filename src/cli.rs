@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use clap::Parser;
 
+use crate::core::credentials::rest_api_password;
 use crate::core::{Config, Lifetimes, RelayAddress};
 use crate::driver::interfaces;
 
@@ -62,19 +63,96 @@ pub struct Args {
     #[arg(long, env = "RELAY_REALM", value_name = "REALM", default_value = DEFAULT_REALM)]
     pub realm: String,
 
-    /// TURN REST API shared secret [default: a random secret for this run, logged with a
+    /// TURN REST API shared secret; repeat it to accept credentials minted from any of
+    /// several secrets while rotating [default: a random secret for this run, logged with a
     /// ready-to-use username/password].
+    #[arg(
+        long,
+        env = "RELAY_AUTH_SECRET",
+        value_name = "SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub auth_secret: Vec<String>,
+
+    /// Allow peers on loopback addresses (for tests; otherwise they get 403).
+    #[arg(long, env = "RELAY_ALLOW_LOOPBACK_PEERS")]
+    pub allow_loopback_peers: bool,
+
+    /// Live allocations one user (the <id> of <expiry>:<id>) may hold; more get 486.
+    #[arg(
+        long,
+        env = "RELAY_MAX_ALLOCATIONS_PER_USER",
+        value_name = "N",
+        default_value_t = 10
+    )]
+    pub max_allocations_per_user: usize,
+
+    /// Live allocations in total; more get 508 [default: the number of relay ports].
+    #[arg(long, env = "RELAY_MAX_ALLOCATIONS", value_name = "N")]
+    pub max_allocations: Option<usize>,
+
+    /// Serve GET /metrics (Prometheus) and GET /healthz on this TCP address [default: off].
+    #[arg(long, env = "RELAY_METRICS_ADDR", value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    #[command(subcommand)]
+    pub command: Option<Subcommand>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Subcommand {
+    /// Print a TURN REST API username/password minted from a secret, and exit.
+    Credentials(CredentialsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CredentialsArgs {
+    /// The shared secret (the first --auth-secret of the relays).
     #[arg(
         long,
         env = "RELAY_AUTH_SECRET",
         value_name = "SECRET",
         hide_env_values = true
     )]
-    pub auth_secret: Option<String>,
+    pub auth_secret: String,
+    /// How long the credentials stay valid, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 86400)]
+    pub ttl: u64,
+    /// The user id appended to the expiry (`<expiry>:<id>`); it is what quotas count.
+    #[arg(long, value_name = "ID")]
+    pub user: Option<String>,
+    /// Print JSON ({"username":…,"password":…,"ttl":…,"expires":…}) for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
 
-    /// Allow peers on loopback addresses (for tests; otherwise they get 403).
-    #[arg(long, env = "RELAY_ALLOW_LOOPBACK_PEERS")]
-    pub allow_loopback_peers: bool,
+/// The username/password pair `relay credentials` prints, as text or JSON.
+pub fn mint_credentials(args: &CredentialsArgs, unix_now: u64) -> Result<String, String> {
+    if args.auth_secret.is_empty() {
+        return Err("--auth-secret: must not be empty".into());
+    }
+    if args
+        .user
+        .as_deref()
+        .is_some_and(|u| u.contains(['"', '\\']) || u.chars().any(char::is_control))
+    {
+        return Err("--user: must not contain quotes, backslashes or control characters".into());
+    }
+    let expires = unix_now.saturating_add(args.ttl);
+    let username = match &args.user {
+        Some(id) => format!("{expires}:{id}"),
+        None => expires.to_string(),
+    };
+    let password = rest_api_password(args.auth_secret.as_bytes(), &username);
+    Ok(if args.json {
+        format!(
+            r#"{{"username":"{username}","password":"{password}","ttl":{},"expires":{expires}}}"#,
+            args.ttl
+        )
+    } else {
+        format!("username: {username}\npassword: {password}")
+    })
 }
 
 /// A configuration ready to run, plus what start-up should tell the operator.
@@ -84,6 +162,7 @@ pub struct Settings {
     pub generated_secret: Option<String>,
     /// Decisions start-up should log (defaults that had to change).
     pub notes: Vec<String>,
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 pub fn settings(
@@ -107,14 +186,19 @@ pub fn settings(
     if args.realm.is_empty() || args.realm.chars().count() >= 128 || args.realm.contains('"') {
         return Err("--realm: must be 1 to 127 characters, without '\"'".into());
     }
-    let (secret, generated_secret) = match args.auth_secret {
-        Some(secret) if secret.is_empty() => return Err("--auth-secret: must not be empty".into()),
-        Some(secret) => (secret, None),
-        None => {
-            let secret = random_secret();
-            (secret.clone(), Some(secret))
-        }
+    if args.auth_secret.iter().any(String::is_empty) {
+        return Err("--auth-secret: must not be empty".into());
+    }
+    let (secrets, generated_secret) = if args.auth_secret.is_empty() {
+        let secret = random_secret();
+        (vec![secret.clone()], Some(secret))
+    } else {
+        (args.auth_secret, None)
     };
+    if args.max_allocations_per_user == 0 || args.max_allocations == Some(0) {
+        return Err("--max-allocations / --max-allocations-per-user: must be at least 1".into());
+    }
+    let port_count = usize::from(args.highest_port - args.lowest_port) + 1;
     let relay_v4 = relay_address(
         &args.listen_addr,
         false,
@@ -133,17 +217,20 @@ pub fn settings(
     let config = Config {
         listeners: args.listen_addr,
         realm: args.realm,
-        auth_secrets: vec![secret.into_bytes()],
+        auth_secrets: secrets.into_iter().map(String::into_bytes).collect(),
         relay_v4,
         relay_v6,
         ports: args.lowest_port..=args.highest_port,
         allow_loopback_peers: args.allow_loopback_peers,
         lifetimes: Lifetimes::default(),
+        max_allocations_per_user: args.max_allocations_per_user,
+        max_allocations: args.max_allocations.unwrap_or(port_count),
     };
     Ok(Settings {
         config,
         generated_secret,
         notes,
+        metrics_addr: args.metrics_addr,
     })
 }
 

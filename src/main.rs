@@ -12,7 +12,19 @@ use relay::driver::{self, Driver};
 const DEMO_CREDENTIALS_TTL_SECS: u64 = 24 * 3600;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(cli::Subcommand::Credentials(credentials)) = args.command.take() {
+        return match cli::mint_credentials(&credentials, unix_now()) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("relay: {message}");
+                ExitCode::from(2)
+            }
+        };
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
     let settings = match cli::settings(args, || hex(&random_bytes::<16>())) {
@@ -23,7 +35,15 @@ fn main() -> ExitCode {
         }
     };
     let config = settings.config.clone();
-    let mut driver = match Driver::new(settings.config, random_bytes::<32>()) {
+    let descriptors = relay::driver::limits::raise_nofile_limit();
+    info!(
+        "file descriptors: {descriptors} (each allocation holds one per relayed family; beyond that, Allocate gets 508)"
+    );
+    let options = driver::Options {
+        metrics_addr: settings.metrics_addr,
+        start_time_unix: unix_now(),
+    };
+    let mut driver = match Driver::new(settings.config, random_bytes::<32>(), options) {
         Ok(driver) => driver,
         Err(e) => {
             error!("{e}");
@@ -31,21 +51,25 @@ fn main() -> ExitCode {
         }
     };
     driver::log_startup(&config, &driver.listen_addresses());
+    if let Some(addr) = driver.metrics_address() {
+        info!("metrics on http://{addr}/metrics, health on http://{addr}/healthz");
+    }
     for note in &settings.notes {
         warn!("{note}");
     }
     if let Some(secret) = settings.generated_secret {
-        let expiry = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-            + DEMO_CREDENTIALS_TTL_SECS;
+        let expiry = unix_now() + DEMO_CREDENTIALS_TTL_SECS;
         let username = format!("{expiry}:demo");
         let password = credentials::rest_api_password(secret.as_bytes(), &username);
         info!("no --auth-secret given: generated secret {secret} for this run");
         info!("try it: username {username} password {password} (valid 24 h)");
     }
     match driver.run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            drop(driver); // closes every socket before we say so
+            info!("stopped");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             error!("event loop failed: {e}");
             ExitCode::FAILURE
@@ -65,4 +89,10 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -28,6 +28,11 @@ pub struct Config {
     pub ports: RangeInclusive<u16>,
     pub allow_loopback_peers: bool,
     pub lifetimes: Lifetimes,
+    /// Live allocations one user may hold (486 beyond). The user is the `<id>` part of a
+    /// REST API username, or the whole username without one.
+    pub max_allocations_per_user: usize,
+    /// Live allocations in total (508 beyond).
+    pub max_allocations: usize,
 }
 
 impl Config {
@@ -60,6 +65,25 @@ impl Default for Lifetimes {
             channel: Duration::from_secs(600),
             channel_hold: Duration::from_secs(300),
             nonce_secs: 600,
+        }
+    }
+}
+
+/// A starting point for tests and tools: no listeners, no secrets, no relay addresses,
+/// RFC lifetimes, the default quotas. Real configurations come from the CLI.
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listeners: Vec::new(),
+            realm: "relay".into(),
+            auth_secrets: Vec::new(),
+            relay_v4: None,
+            relay_v6: None,
+            ports: 49152..=65535,
+            allow_loopback_peers: false,
+            lifetimes: Lifetimes::default(),
+            max_allocations_per_user: 10,
+            max_allocations: 16384,
         }
     }
 }

@@ -2,6 +2,8 @@
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Counters {
+    /// Responses sent, by method and code (see `RESPONSE_METHODS`, `RESPONSE_CODES`).
+    pub responses: [[u64; RESPONSE_CODES.len()]; RESPONSE_METHODS.len()],
     /// Datagrams that are neither STUN nor ChannelData, or whose framing is broken.
     pub malformed: u64,
     /// STUN responses and unsupported indications from clients, which a server ignores.
@@ -25,4 +27,43 @@ pub struct Counters {
     pub allocations_created: u64,
     pub allocations_expired: u64,
     pub relay_open_failed: u64,
+    /// Unauthenticated error responses not sent because their source exceeded its rate.
+    pub rate_limited: u64,
+}
+
+/// Methods responses are counted by; anything else counts as "other".
+pub const RESPONSE_METHODS: [(u16, &str); 6] = [
+    (0x001, "binding"),
+    (0x003, "allocate"),
+    (0x004, "refresh"),
+    (0x008, "create_permission"),
+    (0x009, "channel_bind"),
+    (0xFFFF, "other"),
+];
+/// Codes responses are counted by; 200 stands for success.
+pub const RESPONSE_CODES: [u16; 13] = [
+    200, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 486, 508,
+];
+
+impl Counters {
+    pub fn count_response(&mut self, method: u16, code: u16) {
+        let m = RESPONSE_METHODS
+            .iter()
+            .position(|(known, _)| *known == method)
+            .unwrap_or(RESPONSE_METHODS.len() - 1);
+        if let Some(c) = RESPONSE_CODES.iter().position(|known| *known == code) {
+            self.responses[m][c] += 1;
+        }
+    }
+}
+
+/// Point-in-time totals, computed on demand (a scrape), not maintained per packet.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Gauges {
+    /// Indexed by `Family::index()`.
+    pub allocations: [usize; 2],
+    pub permissions: [usize; 2],
+    pub channels: [usize; 2],
+    pub ports_used: [usize; 2],
+    pub ports_free: [usize; 2],
 }

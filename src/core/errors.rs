@@ -23,6 +23,7 @@ pub enum Failure {
     WrongCredentials,
     UnsupportedTransport,
     PeerAddressFamilyMismatch,
+    AllocationQuotaReached,
     InsufficientCapacity,
 }
 
@@ -39,6 +40,7 @@ impl Failure {
             Failure::WrongCredentials => 441,
             Failure::UnsupportedTransport => 442,
             Failure::PeerAddressFamilyMismatch => 443,
+            Failure::AllocationQuotaReached => 486,
             Failure::InsufficientCapacity => 508,
         }
     }
@@ -55,6 +57,7 @@ impl Failure {
             Failure::WrongCredentials => "Wrong Credentials",
             Failure::UnsupportedTransport => "Unsupported Transport Protocol",
             Failure::PeerAddressFamilyMismatch => "Peer Address Family Mismatch",
+            Failure::AllocationQuotaReached => "Allocation Quota Reached",
             Failure::InsufficientCapacity => "Insufficient Capacity",
         }
     }

@@ -15,12 +15,13 @@ mod invariants;
 pub mod message;
 mod policy;
 mod ports;
+mod rate_limit;
 mod requests;
 mod rng;
 mod server;
 mod timer;
 
 pub use config::{Config, Lifetimes, RelayAddress};
-pub use counters::Counters;
+pub use counters::{Counters, Gauges};
 pub use ids::{AllocationId, Family, ListenerId, Now, RelayId};
 pub use server::{Deliver, Forward, HEADROOM, OpenError, Output, Server, TAILROOM};

@@ -80,6 +80,10 @@ impl PortPool {
         self.len - self.free_count
     }
 
+    pub fn free(&self) -> usize {
+        self.free_count
+    }
+
     fn fits(&self, i: usize, need: PortNeed) -> bool {
         let even = self.port(i).is_multiple_of(2);
         match need {

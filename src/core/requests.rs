@@ -63,7 +63,7 @@ impl Server {
         let decoded = match message::decode(datagram, header) {
             Ok(decoded) => decoded,
             Err(DecodeError::BadAttributes) if !is_send => {
-                self.reply_error(&requester, Failure::BadRequest, None);
+                self.reply_unauthenticated(now, &requester, Failure::BadRequest);
                 return None;
             }
             Err(_) => {
@@ -77,7 +77,7 @@ impl Server {
         }
         let unknown = message::unknown_required(&decoded.message);
         if !unknown.is_empty() {
-            self.reply_error(&requester, Failure::UnknownAttributes(unknown), None);
+            self.reply_unauthenticated(now, &requester, Failure::UnknownAttributes(unknown));
             return None;
         }
         let method = decoded.message.method();
@@ -86,13 +86,13 @@ impl Server {
             return None;
         }
         if ![ALLOCATE, REFRESH, CHANNEL_BIND, CREATE_PERMISSION].contains(&method) {
-            self.reply_error(&requester, Failure::BadRequest, None);
+            self.reply_unauthenticated(now, &requester, Failure::BadRequest);
             return None;
         }
         let credentials = match self.authenticate(now, client, datagram, &decoded) {
             Ok(credentials) => credentials,
             Err(failure) => {
-                self.reply_error(&requester, failure, None);
+                self.reply_unauthenticated(now, &requester, failure);
                 return None;
             }
         };
@@ -181,6 +181,15 @@ impl Server {
         }
 
         let families = self.requested_families(request)?;
+        let user = super::server::quota_user(&credentials.username);
+        if self.user_allocations.get(user).copied().unwrap_or(0)
+            >= self.config.max_allocations_per_user
+        {
+            return Err(Failure::AllocationQuotaReached);
+        }
+        if self.allocations.len() >= self.config.max_allocations {
+            return Err(Failure::InsufficientCapacity);
+        }
         let even_port = message.get_attribute::<EvenPort>();
         let token = message
             .get_attribute::<ReservationToken>()
@@ -232,6 +241,7 @@ impl Server {
         }));
         self.by_client
             .insert((requester.listener, requester.client), id);
+        *self.user_allocations.entry(user.to_owned()).or_insert(0) += 1;
         for family in families {
             if let Some(port) = ports[family.index()] {
                 self.request_relay(id, family, port);
@@ -379,6 +389,7 @@ impl Server {
             allocation.allocate_response = Some(bytes.clone());
         }
         self.counters.allocations_created += 1;
+        self.counters.count_response(ALLOCATE.as_u16(), 200);
         self.schedule(id);
         self.reply(requester.listener, requester.client, bytes);
     }
@@ -603,7 +614,21 @@ impl Server {
             response.add_attribute(attribute);
         }
         let bytes = message::encode(response, key.map(|k| &k[..]), requester.fingerprint);
+        self.counters.count_response(requester.header.method, 200);
         self.reply(requester.listener, requester.client, bytes);
+    }
+
+    /// An error answer to a request that is not authenticated (yet), limited per source IP:
+    /// these are what a spoofed source could reflect at a victim.
+    fn reply_unauthenticated(&mut self, now: Now, requester: &Requester, failure: Failure) {
+        if self
+            .unauthenticated_answers
+            .allow(requester.client.ip(), now.instant)
+        {
+            self.reply_error(requester, failure, None);
+        } else {
+            self.counters.rate_limited += 1;
+        }
     }
 
     /// The one place an error response is built. `key` signs it when the request was
@@ -617,7 +642,10 @@ impl Server {
         if !Self::is_request(&requester.header) {
             return;
         }
+
         let mut response = message::new_message(MessageClass::ErrorResponse, &requester.header);
+        self.counters
+            .count_response(requester.header.method, failure.code());
         for attribute in failure.attributes(&self.config.realm) {
             response.add_attribute(attribute);
         }

@@ -12,7 +12,7 @@ use stun_codec::MessageClass;
 
 use super::allocation::{Allocation, RelaySocket};
 use super::config::Config;
-use super::counters::Counters;
+use super::counters::{Counters, Gauges};
 use super::credentials::NonceKey;
 use super::framing::{write_channel_data_header, write_data_indication_header};
 use super::hasher::SeededState;
@@ -20,6 +20,7 @@ use super::ids::{AllocationId, Family, ListenerId, Now, RelayId};
 use super::message::{self, Framing, Header};
 use super::policy::PeerPolicy;
 use super::ports::PortPool;
+use super::rate_limit::RateLimit;
 use super::rng::Rng;
 use super::timer::{Due, Timers};
 
@@ -94,6 +95,9 @@ pub struct Server {
     pub(super) rng: Rng,
     pub(super) outputs: VecDeque<Output>,
     pub(super) counters: Counters,
+    /// Live allocations per user, for `max_allocations_per_user`.
+    pub(super) user_allocations: HashMap<String, usize, SeededState>,
+    pub(super) unauthenticated_answers: RateLimit,
     /// Ports held for a later Allocate with RESERVATION-TOKEN, by token.
     pub(super) reservations: HashMap<u64, Reservation, SeededState>,
     /// Transaction IDs of Data indications: a random prefix and a counter, so the data path
@@ -121,6 +125,8 @@ impl Server {
             allocations: Slab::new(),
             by_client: HashMap::with_hasher(SeededState::new(hash_key)),
             reservations: HashMap::with_hasher(SeededState::new(hash_key)),
+            user_allocations: HashMap::with_hasher(SeededState::new(hash_key)),
+            unauthenticated_answers: RateLimit::new(SeededState::new(hash_key)),
             ports,
             timers: Timers::default(),
             nonces,
@@ -379,6 +385,13 @@ impl Server {
         };
         self.by_client
             .remove(&(allocation.listener, allocation.client));
+        let user = quota_user(&allocation.username);
+        if let Some(count) = self.user_allocations.get_mut(user) {
+            *count -= 1;
+            if *count == 0 {
+                self.user_allocations.remove(user);
+            }
+        }
         for family in Family::ALL {
             let relay = allocation.relay(family);
             if let RelaySocket::Open { relay, .. } = relay {
@@ -405,6 +418,40 @@ impl Server {
 
     pub fn allocation_count(&self) -> usize {
         self.allocations.len()
+    }
+
+    /// Totals by family, for metrics. O(allocations): call per scrape, not per packet.
+    pub fn gauges(&self, now: Instant) -> Gauges {
+        let mut gauges = Gauges::default();
+        for (_, allocation) in &self.allocations {
+            for family in Family::ALL {
+                if allocation.has_family(family) {
+                    gauges.allocations[family.index()] += 1;
+                }
+            }
+            for permission in allocation.permissions.iter().filter(|p| now < p.expires_at) {
+                gauges.permissions[Family::of(permission.ip).index()] += 1;
+            }
+            for channel in allocation.channels.iter().filter(|c| now < c.expires_at) {
+                gauges.channels[Family::of_addr(channel.peer).index()] += 1;
+            }
+        }
+        for family in Family::ALL
+            .into_iter()
+            .filter(|f| self.config.relay_address(*f).is_some())
+        {
+            let pool = &self.ports[family.index()];
+            gauges.ports_used[family.index()] = pool.in_use();
+            gauges.ports_free[family.index()] = pool.free();
+        }
+        gauges
+    }
+
+    /// Whether a relay address of this family exists and has a free port.
+    pub fn can_allocate(&self, family: Family) -> bool {
+        self.config.relay_address(family).is_some()
+            && self.ports[family.index()].free() > 0
+            && self.allocations.len() < self.config.max_allocations
     }
 
     /// Relay ports in use, per family (IPv4, IPv6).
@@ -434,3 +481,12 @@ impl Server {
 
 /// Ports tried for one relay socket before answering 508.
 const MAX_BIND_ATTEMPTS: u8 = 8;
+
+/// Whose quota an allocation counts against: the `<id>` of a REST API username
+/// `<expiry>:<id>` (fresh credentials for the same id share it), else the whole username.
+pub(super) fn quota_user(username: &str) -> &str {
+    match username.split_once(':') {
+        Some((_, id)) if !id.is_empty() => id,
+        _ => username,
+    }
+}

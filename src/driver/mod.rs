@@ -2,12 +2,16 @@
 //! until its next deadline. It makes no protocol decision (DESIGN.md).
 
 pub mod clock;
+mod http;
 pub mod interfaces;
+pub mod limits;
+mod metrics;
+mod signals;
 mod sockets;
 
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use mio::net::UdpSocket;
@@ -36,6 +40,20 @@ enum Socket {
     },
 }
 
+/// Tokens outside the slab's range: the signalfd, the metrics listener, and the metrics
+/// connections from HTTP_FIRST_TOKEN on.
+const SIGNAL_TOKEN: Token = Token(usize::MAX);
+const HTTP_LISTENER_TOKEN: Token = Token(usize::MAX - 1);
+const HTTP_FIRST_TOKEN: usize = 1 << 40;
+
+/// What the loop serves besides STUN/TURN.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub metrics_addr: Option<SocketAddr>,
+    /// For process_start_time_seconds.
+    pub start_time_unix: u64,
+}
+
 /// I/O failures of the driver, counted, never fatal.
 #[derive(Debug, Default, Clone)]
 pub struct IoCounters {
@@ -53,12 +71,35 @@ pub struct Driver {
     /// Sockets whose budget ran out while still readable.
     backlog: Vec<usize>,
     io: IoCounters,
+    signals: signals::ShutdownSignals,
+    http: Option<http::HttpServer>,
+    start_time_unix: u64,
 }
 
 impl Driver {
     /// Binds every listen socket of `config`; fails (for a clear start-up error) if any bind fails.
-    pub fn new(config: Config, seed: [u8; 32]) -> io::Result<Driver> {
+    pub fn new(config: Config, seed: [u8; 32], options: Options) -> io::Result<Driver> {
         let poll = Poll::new()?;
+        let signals = signals::ShutdownSignals::new()?;
+        poll.registry().register(
+            &mut mio::unix::SourceFd(&std::os::fd::AsRawFd::as_raw_fd(&signals)),
+            SIGNAL_TOKEN,
+            Interest::READABLE,
+        )?;
+        let http = match options.metrics_addr {
+            Some(addr) => Some(
+                http::HttpServer::bind(
+                    addr,
+                    poll.registry(),
+                    HTTP_LISTENER_TOKEN,
+                    HTTP_FIRST_TOKEN,
+                )
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot bind metrics address {addr}: {e}"))
+                })?,
+            ),
+            None => None,
+        };
         let mut sockets = Slab::new();
         let mut listeners = Vec::new();
         for (index, addr) in config.listeners.iter().enumerate() {
@@ -81,7 +122,14 @@ impl Driver {
             buf: vec![0u8; BUFFER_LEN].into_boxed_slice(),
             backlog: Vec::new(),
             io: IoCounters::default(),
+            signals,
+            http,
+            start_time_unix: options.start_time_unix,
         })
+    }
+
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|h| h.local_addr().ok())
     }
 
     /// The addresses the listen sockets are bound to (with the ports the kernel chose for 0).
@@ -95,10 +143,12 @@ impl Driver {
             .collect()
     }
 
+    /// Runs until SIGTERM or SIGINT; returns Ok then, and every socket closes on drop.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
+        let mut http_deadline = None;
         loop {
-            let timeout = self.poll_timeout();
+            let timeout = self.poll_timeout(http_deadline);
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == ErrorKind::Interrupted {
                     continue;
@@ -109,7 +159,22 @@ impl Driver {
             self.core.handle_timeout(now);
             self.drain_outputs(now);
             let mut ready = std::mem::take(&mut self.backlog);
-            ready.extend(events.iter().map(|e| e.token().0));
+            for event in events.iter() {
+                match event.token() {
+                    SIGNAL_TOKEN => {
+                        if let Some(signal) = self.signals.take() {
+                            info!(
+                                "signal {signal}: shutting down, closing {} allocations",
+                                self.core.allocation_count()
+                            );
+                            return Ok(());
+                        }
+                    }
+                    HTTP_LISTENER_TOKEN => self.accept_http(now.instant),
+                    token if token.0 >= HTTP_FIRST_TOKEN => self.serve_http(token, now.instant),
+                    token => ready.push(token.0),
+                }
+            }
             ready.sort_unstable();
             ready.dedup();
             for key in ready {
@@ -117,15 +182,57 @@ impl Driver {
                     self.backlog.push(key);
                 }
             }
+            http_deadline = self
+                .http
+                .as_mut()
+                .and_then(|http| http.expire(now.instant, self.poll.registry()));
         }
     }
 
-    fn poll_timeout(&self) -> Option<Duration> {
+    fn poll_timeout(&self, http_deadline: Option<Instant>) -> Option<Duration> {
         if !self.backlog.is_empty() {
             return Some(Duration::ZERO);
         }
-        let deadline = self.core.poll_timeout()?;
+        let deadline = match (self.core.poll_timeout(), http_deadline) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
         Some(deadline.saturating_duration_since(clock::now().instant))
+    }
+
+    fn accept_http(&mut self, now: Instant) {
+        if let Some(http) = self.http.as_mut() {
+            http.accept(self.poll.registry(), now);
+        }
+    }
+
+    /// Answers a scrape or a health check. Rendering is O(allocations), per request only.
+    fn serve_http(&mut self, token: Token, now: Instant) {
+        let (core, io, start_time_unix) = (&self.core, &self.io, self.start_time_unix);
+        let Some(http) = self.http.as_mut() else {
+            return;
+        };
+        http.handle(token, self.poll.registry(), |route| match route {
+            Some(http::Route::Metrics) => {
+                let gauges = core.gauges(now);
+                let snapshot = metrics::Snapshot {
+                    counters: core.counters(),
+                    gauges: &gauges,
+                    io,
+                    start_time_unix,
+                };
+                (200, "text/plain; version=0.0.4", metrics::render(&snapshot))
+            }
+            Some(http::Route::Health) => {
+                // Listeners are bound (or we would not be running); can we allocate?
+                if Family::ALL.iter().any(|f| core.can_allocate(*f)) {
+                    (200, "text/plain", "ok\n".into())
+                } else {
+                    (503, "text/plain", "no relay capacity\n".into())
+                }
+            }
+            None => (404, "text/plain", "not found\n".into()),
+        });
     }
 
     /// Reads up to the budget from one socket. True if it may still have datagrams.

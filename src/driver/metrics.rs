@@ -1,0 +1,198 @@
+//! The Prometheus text exposition of the core's counters and gauges and the driver's I/O
+//! counters. Rendered per scrape; nothing here runs per packet. No per-user labels.
+
+use std::fmt::Write;
+
+use crate::core::counters::{RESPONSE_CODES, RESPONSE_METHODS};
+use crate::core::{Counters, Family, Gauges};
+
+use super::IoCounters;
+
+pub struct Snapshot<'a> {
+    pub counters: &'a Counters,
+    pub gauges: &'a Gauges,
+    pub io: &'a IoCounters,
+    pub start_time_unix: u64,
+}
+
+pub fn render(s: &Snapshot) -> String {
+    let mut out = String::with_capacity(8192);
+    let c = s.counters;
+    let g = s.gauges;
+    family_gauge(
+        &mut out,
+        "relay_allocations",
+        "Live allocations, by relayed address family.",
+        g.allocations,
+    );
+    family_gauge(
+        &mut out,
+        "relay_permissions",
+        "Live permissions, by peer address family.",
+        g.permissions,
+    );
+    family_gauge(
+        &mut out,
+        "relay_channels",
+        "Bound channels, by peer address family.",
+        g.channels,
+    );
+
+    header(
+        &mut out,
+        "relay_relay_ports",
+        "gauge",
+        "Relay ports of the configured range, by family and state.",
+    );
+    for family in Family::ALL {
+        let i = family.index();
+        let name = family_label(family);
+        let _ = writeln!(
+            out,
+            "relay_relay_ports{{family=\"{name}\",state=\"used\"}} {}",
+            g.ports_used[i]
+        );
+        let _ = writeln!(
+            out,
+            "relay_relay_ports{{family=\"{name}\",state=\"free\"}} {}",
+            g.ports_free[i]
+        );
+    }
+
+    header(
+        &mut out,
+        "relay_packets_relayed_total",
+        "counter",
+        "Datagrams relayed, by direction.",
+    );
+    let _ = writeln!(
+        out,
+        "relay_packets_relayed_total{{direction=\"client_to_peer\"}} {}",
+        c.relayed_to_peer_packets
+    );
+    let _ = writeln!(
+        out,
+        "relay_packets_relayed_total{{direction=\"peer_to_client\"}} {}",
+        c.relayed_to_client_packets
+    );
+    header(
+        &mut out,
+        "relay_bytes_relayed_total",
+        "counter",
+        "Payload bytes relayed, by direction.",
+    );
+    let _ = writeln!(
+        out,
+        "relay_bytes_relayed_total{{direction=\"client_to_peer\"}} {}",
+        c.relayed_to_peer_bytes
+    );
+    let _ = writeln!(
+        out,
+        "relay_bytes_relayed_total{{direction=\"peer_to_client\"}} {}",
+        c.relayed_to_client_bytes
+    );
+
+    header(
+        &mut out,
+        "relay_drops_total",
+        "counter",
+        "Datagrams dropped without an answer, by reason.",
+    );
+    for (reason, value) in [
+        ("malformed", c.malformed),
+        ("unexpected_stun", c.unexpected_stun),
+        ("channel_data_no_allocation", c.channel_data_no_allocation),
+        ("channel_data_unbound", c.channel_data_unbound),
+        ("peer_no_permission", c.peer_no_permission),
+        ("peer_no_allocation", c.peer_no_allocation),
+        ("send_indication", c.send_dropped),
+        ("rate_limited", c.rate_limited),
+        ("send_failed", s.io.send_failed),
+        ("recv_failed", s.io.recv_failed),
+    ] {
+        let _ = writeln!(out, "relay_drops_total{{reason=\"{reason}\"}} {value}");
+    }
+
+    header(
+        &mut out,
+        "relay_responses_total",
+        "counter",
+        "STUN responses sent, by method and code (200: success).",
+    );
+    for (m, (_, method)) in RESPONSE_METHODS.iter().enumerate() {
+        for (k, code) in RESPONSE_CODES.iter().enumerate() {
+            let value = c.responses[m][k];
+            if value > 0 {
+                let _ = writeln!(
+                    out,
+                    "relay_responses_total{{method=\"{method}\",code=\"{code}\"}} {value}"
+                );
+            }
+        }
+    }
+
+    header(
+        &mut out,
+        "relay_allocations_created_total",
+        "counter",
+        "Allocations created.",
+    );
+    let _ = writeln!(
+        out,
+        "relay_allocations_created_total {}",
+        c.allocations_created
+    );
+    header(
+        &mut out,
+        "relay_allocations_expired_total",
+        "counter",
+        "Allocations that expired without a deleting Refresh.",
+    );
+    let _ = writeln!(
+        out,
+        "relay_allocations_expired_total {}",
+        c.allocations_expired
+    );
+    header(
+        &mut out,
+        "relay_relay_open_failures_total",
+        "counter",
+        "Relay sockets that could not be bound.",
+    );
+    let _ = writeln!(
+        out,
+        "relay_relay_open_failures_total {}",
+        c.relay_open_failed
+    );
+    header(
+        &mut out,
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since the Unix epoch.",
+    );
+    let _ = writeln!(out, "process_start_time_seconds {}", s.start_time_unix);
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn family_gauge(out: &mut String, name: &str, help: &str, values: [usize; 2]) {
+    header(out, name, "gauge", help);
+    for family in Family::ALL {
+        let _ = writeln!(
+            out,
+            "{name}{{family=\"{}\"}} {}",
+            family_label(family),
+            values[family.index()]
+        );
+    }
+}
+
+fn family_label(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ipv4",
+        Family::V6 => "ipv6",
+    }
+}
