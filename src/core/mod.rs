@@ -3,6 +3,7 @@
 
 mod allocation;
 mod auth;
+pub mod cidr;
 pub mod config;
 pub mod counters;
 pub mod credentials;
@@ -21,7 +22,9 @@ mod rng;
 mod server;
 mod timer;
 
+pub use cidr::{Cidr, CidrError};
 pub use config::{Config, Lifetimes, RelayAddress};
 pub use counters::{Counters, Gauges};
 pub use ids::{AllocationId, Family, ListenerId, Now, RelayId};
+pub use policy::{PeerPolicy, PeerUse};
 pub use server::{Deliver, Forward, HEADROOM, OpenError, Output, Server, TAILROOM};

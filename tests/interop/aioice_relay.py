@@ -11,6 +11,17 @@ unauthenticated, then again with USERNAME/REALM/NONCE/MESSAGE-INTEGRITY/
 FINGERPRINT after the 401), one ChannelBind per peer (no CreatePermission),
 then ChannelData both ways, and Refresh with LIFETIME=0 on close.
 
+Address families are independent: --family (default: that of the --server
+literal) is how the TURN server is reached; the relayed address is IPv4
+unless the server hands out something else, because aioice never sends
+REQUESTED-ADDRESS-FAMILY and RFC 8656 section 7.2 then says "the server MUST
+allocate an IPv4-relayed transport address". So with --server [::1]:PORT the
+expected case is an IPv6 transport to the relay, an IPv4 relayed address and
+an IPv4 peer. --expect-relayed-family (default 4) states which relayed family
+must come back; the echo peer (--peer-host) defaults to the loopback address
+of that family, and must be of it (a relayed address reaches only peers of
+its own family).
+
 Output: progress on stderr, and exactly one JSON line on stdout, e.g.
   {"ok": true, "sent": 200, "received": 200, "relayed": "127.0.0.1:50000", "lost": 0, ...}
 Exit status: 0 when every payload came back intact and the allocation was
@@ -177,6 +188,7 @@ async def run(args: argparse.Namespace) -> dict:
     started = time.monotonic()
     deadline = started + args.timeout
     family = socket.AF_INET6 if args.family == 6 else socket.AF_INET
+    peer_family = socket.AF_INET6 if args.peer_family == 6 else socket.AF_INET
     result: dict = {
         "ok": False,
         "sent": 0,
@@ -186,6 +198,7 @@ async def run(args: argparse.Namespace) -> dict:
         "count": args.count,
         "size": args.size,
         "family": args.family,
+        "peer_family": args.peer_family,
     }
 
     # Resolve the server to a numeric address of the wanted family.
@@ -206,7 +219,7 @@ async def run(args: argparse.Namespace) -> dict:
     turn_transport = None
     try:
         peer_transport, peer = await loop.create_datagram_endpoint(
-            EchoPeer, local_addr=(args.peer_host, 0), family=family
+            EchoPeer, local_addr=(args.peer_host, 0), family=peer_family
         )
         peer_addr = peer_transport.get_extra_info("sockname")[:2]
         client.expected_source = peer_addr
@@ -238,10 +251,19 @@ async def run(args: argparse.Namespace) -> dict:
         result["mapped"] = fmt_addr(mapped)
         log(f"relayed address {fmt_addr(relayed)} (mapped {fmt_addr(mapped)})")
         relayed_family = 6 if ":" in relayed[0] else 4
-        if relayed_family != args.family:
+        result["relayed_family"] = relayed_family
+        if relayed_family != args.expect_relayed_family:
             result["error"] = (
                 f"relayed address {fmt_addr(relayed)} is IPv{relayed_family}, "
-                f"cannot reach the IPv{args.family} peer"
+                f"expected IPv{args.expect_relayed_family} "
+                f"(--expect-relayed-family; the peer is {fmt_addr(peer_addr)})"
+            )
+            return result
+        mapped_family = 6 if mapped and ":" in mapped[0] else 4
+        if mapped is None or mapped_family != args.family:
+            result["error"] = (
+                f"the TURN server saw the client as {fmt_addr(mapped)}, "
+                f"not as an IPv{args.family} address"
             )
             return result
 
@@ -350,10 +372,15 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=100,
                         help=f"payload size in bytes, >= {MIN_SIZE} (default 100)")
     parser.add_argument("--family", type=int, choices=(4, 6), default=None,
-                        help="IP family of server, relay and peer "
+                        help="IP family of the transport to the TURN server "
                              "(default 6 for an IPv6 --server, else 4)")
+    parser.add_argument("--expect-relayed-family", type=int, choices=(4, 6), default=4,
+                        help="IP family the relayed address must have (default 4: aioice "
+                             "sends no REQUESTED-ADDRESS-FAMILY, so RFC 8656 servers "
+                             "allocate IPv4)")
     parser.add_argument("--peer-host", default=None,
-                        help="address of the echo peer (default 127.0.0.1, or ::1 with --family 6)")
+                        help="numeric address of the echo peer, of the relayed family "
+                             "(default 127.0.0.1, or ::1 with --expect-relayed-family 6)")
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds for allocation plus traffic (default 10)")
     parser.add_argument("--close-timeout", type=float, default=2.0,
@@ -379,7 +406,16 @@ def main() -> int:
     if args.family is None:
         args.family = 6 if ":" in args.server[0] else 4
     if args.peer_host is None:
-        args.peer_host = "::1" if args.family == 6 else "127.0.0.1"
+        args.peer_host = "::1" if args.expect_relayed_family == 6 else "127.0.0.1"
+    try:
+        args.peer_family = ipaddress.ip_address(args.peer_host).version
+    except ValueError:
+        parser.error(f"--peer-host must be a numeric address, got {args.peer_host!r}")
+    if args.peer_family != args.expect_relayed_family:
+        parser.error(
+            f"--peer-host {args.peer_host} is IPv{args.peer_family}, but a relayed address "
+            f"of IPv{args.expect_relayed_family} (--expect-relayed-family) cannot reach it"
+        )
 
     if args.verbose:
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,

@@ -1,0 +1,3 @@
+//! Shared by the benchmark's two binaries (`bench` and `forwarder`).
+
+pub mod sys;

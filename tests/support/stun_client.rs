@@ -1,0 +1,285 @@
+//! Client-side STUN/TURN helpers for tests: build requests (with raw extra attributes,
+//! long-term MESSAGE-INTEGRITY and FINGERPRINT) and decode and check the server's answers.
+//! Built on the crate's own encoder and stun_codec; raw TLV walks are done by hand so a test
+//! can assert the exact list of attributes on the wire.
+#![allow(dead_code)]
+
+use bytecodec::DecodeExt;
+use relay::core::credentials::{long_term_key, rest_api_password};
+use relay::core::integrity;
+use relay::core::message::{self, Attribute};
+use stun_codec::rfc5389::attributes::{ErrorCode, Nonce, Realm, UnknownAttributes, Username};
+use stun_codec::{Message, MessageClass, MessageDecoder, Method, TransactionId};
+
+/// Attribute codepoints, to assert the exact attribute list of a response.
+pub mod types {
+    pub const USERNAME: u16 = 0x0006;
+    pub const MESSAGE_INTEGRITY: u16 = 0x0008;
+    pub const ERROR_CODE: u16 = 0x0009;
+    pub const UNKNOWN_ATTRIBUTES: u16 = 0x000A;
+    pub const CHANNEL_NUMBER: u16 = 0x000C;
+    pub const LIFETIME: u16 = 0x000D;
+    pub const XOR_PEER_ADDRESS: u16 = 0x0012;
+    pub const DATA: u16 = 0x0013;
+    pub const REALM: u16 = 0x0014;
+    pub const NONCE: u16 = 0x0015;
+    pub const XOR_RELAYED_ADDRESS: u16 = 0x0016;
+    pub const EVEN_PORT: u16 = 0x0018;
+    pub const DONT_FRAGMENT: u16 = 0x001A;
+    pub const XOR_MAPPED_ADDRESS: u16 = 0x0020;
+    pub const RESERVATION_TOKEN: u16 = 0x0022;
+    pub const FINGERPRINT: u16 = 0x8028;
+}
+
+/// TURN REST API credentials as a client holds them.
+#[derive(Debug, Clone)]
+pub struct Creds {
+    pub username: String,
+    pub password: String,
+    pub realm: String,
+    pub key: [u8; 16],
+}
+
+impl Creds {
+    /// Credentials minted from `secret` for `<expiry>:<id>` in `realm`.
+    pub fn rest(secret: &[u8], expiry: u64, id: &str, realm: &str) -> Self {
+        let username = format!("{expiry}:{id}");
+        let password = rest_api_password(secret, &username);
+        let key = long_term_key(&username, realm, &password);
+        Creds {
+            username,
+            password,
+            realm: realm.to_owned(),
+            key,
+        }
+    }
+}
+
+/// A request (or indication) under construction.
+#[derive(Debug, Clone)]
+pub struct Req {
+    pub class: MessageClass,
+    pub method: Method,
+    pub transaction_id: Option<[u8; 12]>,
+    pub attributes: Vec<Attribute>,
+    /// Raw TLVs appended after the encoded attributes, before MESSAGE-INTEGRITY.
+    pub raw: Vec<(u16, Vec<u8>)>,
+    /// USERNAME, REALM, NONCE and MESSAGE-INTEGRITY under this key.
+    pub auth: Option<(Creds, String)>,
+    /// MESSAGE-INTEGRITY without the USERNAME/REALM/NONCE that should go with it.
+    pub bare_integrity: Option<[u8; 16]>,
+    /// Which of USERNAME, REALM, NONCE to leave out (for the 400 checks).
+    pub omit: [bool; 3],
+    pub fingerprint: bool,
+    /// Flip a bit of the MESSAGE-INTEGRITY value after signing.
+    pub corrupt_integrity: bool,
+}
+
+impl Req {
+    pub fn request(method: Method) -> Self {
+        Req {
+            class: MessageClass::Request,
+            method,
+            transaction_id: None,
+            attributes: Vec::new(),
+            raw: Vec::new(),
+            auth: None,
+            bare_integrity: None,
+            omit: [false; 3],
+            fingerprint: false,
+            corrupt_integrity: false,
+        }
+    }
+
+    pub fn indication(method: Method) -> Self {
+        Req {
+            class: MessageClass::Indication,
+            ..Req::request(method)
+        }
+    }
+
+    pub fn attr(mut self, attribute: impl Into<Attribute>) -> Self {
+        self.attributes.push(attribute.into());
+        self
+    }
+
+    pub fn raw(mut self, kind: u16, value: &[u8]) -> Self {
+        self.raw.push((kind, value.to_vec()));
+        self
+    }
+
+    pub fn auth(mut self, creds: &Creds, nonce: &str) -> Self {
+        self.auth = Some((creds.clone(), nonce.to_owned()));
+        self
+    }
+
+    pub fn fingerprint(mut self) -> Self {
+        self.fingerprint = true;
+        self
+    }
+
+    pub fn tid(mut self, id: [u8; 12]) -> Self {
+        self.transaction_id = Some(id);
+        self
+    }
+
+    /// The wire bytes; the transaction ID must be set.
+    pub fn build(&self) -> Vec<u8> {
+        let id = self.transaction_id.expect("transaction id set");
+        let mut msg = Message::<Attribute>::new(self.class, self.method, TransactionId::new(id));
+        for attribute in &self.attributes {
+            msg.add_attribute(attribute.clone());
+        }
+        let mut key = self.bare_integrity;
+        if let Some((creds, nonce)) = &self.auth {
+            if !self.omit[0] {
+                msg.add_attribute(Username::new(creds.username.clone()).unwrap());
+            }
+            if !self.omit[1] {
+                msg.add_attribute(Realm::new(creds.realm.clone()).unwrap());
+            }
+            if !self.omit[2] {
+                msg.add_attribute(Nonce::new(nonce.clone()).unwrap());
+            }
+            key = Some(creds.key);
+        }
+        let mut bytes = message::encode(msg, None, false);
+        assert!(!bytes.is_empty(), "test request failed to encode");
+        for (kind, value) in &self.raw {
+            append_raw(&mut bytes, *kind, value);
+        }
+        if let Some(key) = key {
+            integrity::append_message_integrity(&mut bytes, &key);
+            if self.corrupt_integrity {
+                let last = bytes.len() - 1;
+                bytes[last] ^= 0x01;
+            }
+        }
+        if self.fingerprint {
+            integrity::append_fingerprint(&mut bytes);
+        }
+        bytes
+    }
+}
+
+/// Appends one TLV (zero-padded) and fixes the header's length field.
+pub fn append_raw(bytes: &mut Vec<u8>, kind: u16, value: &[u8]) {
+    bytes.extend_from_slice(&kind.to_be_bytes());
+    bytes.extend_from_slice(&(value.len() as u16).to_be_bytes());
+    bytes.extend_from_slice(value);
+    while !bytes.len().is_multiple_of(4) {
+        bytes.push(0);
+    }
+    let body = (bytes.len() - 20) as u16;
+    bytes[2..4].copy_from_slice(&body.to_be_bytes());
+}
+
+/// The (type, value) TLVs of a well-framed STUN message, in order.
+pub fn raw_attributes(bytes: &[u8]) -> Vec<(u16, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut at = 20;
+    while at + 4 <= bytes.len() {
+        let kind = u16::from_be_bytes([bytes[at], bytes[at + 1]]);
+        let len = usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]));
+        let value = bytes[at + 4..at + 4 + len].to_vec();
+        out.push((kind, value));
+        at += 4 + len.next_multiple_of(4);
+    }
+    assert_eq!(at, bytes.len(), "TLVs do not fill the message");
+    out
+}
+
+/// A decoded answer of the server.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub bytes: Vec<u8>,
+    pub message: Message<Attribute>,
+}
+
+impl Response {
+    pub fn decode(bytes: &[u8]) -> Self {
+        let length = usize::from(u16::from_be_bytes([bytes[2], bytes[3]]));
+        assert_eq!(20 + length, bytes.len(), "length field");
+        assert_eq!(bytes[4..8], [0x21, 0x12, 0xA4, 0x42], "magic cookie");
+        let message = MessageDecoder::<Attribute>::new()
+            .decode_from_bytes(bytes)
+            .expect("response decodes")
+            .expect("response attributes decode");
+        Response {
+            bytes: bytes.to_vec(),
+            message,
+        }
+    }
+
+    pub fn class(&self) -> MessageClass {
+        self.message.class()
+    }
+
+    pub fn transaction_id(&self) -> [u8; 12] {
+        let mut id = [0u8; 12];
+        id.copy_from_slice(&self.bytes[8..20]);
+        id
+    }
+
+    pub fn get<T>(&self) -> Option<&T>
+    where
+        T: stun_codec::Attribute,
+        Attribute: stun_codec::convert::TryAsRef<T>,
+    {
+        self.message.get_attribute::<T>()
+    }
+
+    /// Every attribute type on the wire, in order.
+    pub fn types(&self) -> Vec<u16> {
+        raw_attributes(&self.bytes)
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect()
+    }
+
+    pub fn error_code(&self) -> Option<u16> {
+        self.get::<ErrorCode>().map(|e| e.code())
+    }
+
+    pub fn unknown_attributes(&self) -> Vec<u16> {
+        self.get::<UnknownAttributes>()
+            .map(|u| u.unknowns().iter().map(|t| t.as_u16()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn nonce(&self) -> String {
+        self.get::<Nonce>().expect("NONCE").value().to_owned()
+    }
+
+    pub fn realm(&self) -> String {
+        self.get::<Realm>().expect("REALM").text().to_owned()
+    }
+
+    pub fn has_integrity(&self) -> bool {
+        self.types().contains(&types::MESSAGE_INTEGRITY)
+    }
+
+    /// MESSAGE-INTEGRITY present and valid under `key`.
+    pub fn integrity_valid(&self, key: &[u8; 16]) -> bool {
+        let layout = integrity::locate(&self.bytes).expect("response TLVs");
+        layout
+            .message_integrity
+            .is_some_and(|at| integrity::verify_message_integrity(&self.bytes, at, key))
+    }
+
+    /// FINGERPRINT present (and then it must be valid and last).
+    pub fn has_fingerprint(&self) -> bool {
+        let layout = integrity::locate(&self.bytes).expect("response TLVs");
+        match layout.fingerprint {
+            Some(at) => {
+                assert!(
+                    integrity::verify_fingerprint(&self.bytes, at),
+                    "FINGERPRINT of the response is wrong"
+                );
+                assert_eq!(at + 8, self.bytes.len(), "FINGERPRINT not last");
+                true
+            }
+            None => false,
+        }
+    }
+}
