@@ -1,95 +1,189 @@
-//! Independent TURN clients through our relay on loopback: aioice's TURN client (PyPI) and
-//! coturn's turnutils_uclient/turnutils_peer (Debian). `tests/run` installs both; run it
-//! rather than bare `cargo test` on a fresh machine.
+//! Independent client stacks through our relay on loopback, over IPv4 and IPv6:
+//! - aiortc (PyPI): two WebRTC peers restricted to relay candidates open a data channel;
+//! - aioice's TURN client (PyPI): ChannelBind + ChannelData to an echo peer;
+//! - coturn's turnutils_uclient/turnutils_peer (Debian): Send/Data indications and channels.
+//!
+//! `tests/run` installs all of them (a venv for the Python ones, Debian's coturn package);
+//! run it rather than bare `cargo test` on a fresh machine. The matrix these tests cover is
+//! in README.md, "Interop".
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{RelayProcess, credentials};
 
-/// The interpreter of the venv `tests/run` set up.
-fn python() -> String {
-    std::env::var("RELAY_PYTHON").unwrap_or_else(|_| {
-        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
-        assert!(
-            std::path::Path::new(venv).exists(),
-            "no Python venv with aioice: run tests/run (it installs what the interop tests need)"
-        );
-        venv.to_owned()
-    })
+const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
+// ---------------------------------------------------------------------------------------
+// The relay under test
+
+/// Our relay on 127.0.0.1 and ::1 (kernel-chosen ports), relaying from loopback on a relay
+/// port range found free at run time, with its metrics endpoint on, killed when dropped.
+struct DualStackRelay {
+    process: RelayProcess,
+    v4: SocketAddr,
+    v6: SocketAddr,
+    ports: (u16, u16),
+    metrics: SocketAddr,
 }
 
-fn relay(lowest: &str, highest: &str) -> RelayProcess {
-    RelayProcess::start(&[
-        "--auth-secret",
-        common::SECRET,
-        "--allow-loopback-peers",
-        "--lowest-port",
-        lowest,
-        "--highest-port",
-        highest,
-    ])
-}
+impl DualStackRelay {
+    /// `port_count` relay ports; `extra` flags are appended.
+    fn start(port_count: u16, extra: &[&str]) -> DualStackRelay {
+        let (lowest, highest) = free_port_range(port_count);
+        let (lowest_arg, highest_arg) = (lowest.to_string(), highest.to_string());
+        let mut args = vec![
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--listen-addr",
+            "[::1]:0",
+            "--realm",
+            common::REALM,
+            "--auth-secret",
+            common::SECRET,
+            "--allow-loopback-peers",
+            "--lowest-port",
+            &lowest_arg,
+            "--highest-port",
+            &highest_arg,
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let mut process = RelayProcess::start_with(&args);
+        let line = process.wait_for_log("listening on");
+        let listeners = parse_listeners(&line);
+        let find = |v6: bool| {
+            *listeners
+                .iter()
+                .find(|a| a.is_ipv6() == v6)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "no {} listener in {line:?}",
+                        if v6 { "IPv6" } else { "IPv4" }
+                    )
+                })
+        };
+        let (v4, v6) = (find(false), find(true));
+        let line = process.wait_for_log("metrics on http://");
+        let metrics = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("metrics address in {line:?}"));
+        DualStackRelay {
+            process,
+            v4,
+            v6,
+            ports: (lowest, highest),
+            metrics,
+        }
+    }
 
-/// Runs a command to completion within `limit`, killing it otherwise.
-fn run_bounded(mut command: Command, limit: Duration) -> (bool, String) {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            let output = child.wait_with_output().expect("output");
-            let text = format!(
-                "{}\n{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-            return (status.success(), text);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let output = child.wait_with_output().expect("output");
-            panic!(
-                "timed out after {limit:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    fn addr(&self, family: IpAddr) -> SocketAddr {
+        if family.is_ipv6() { self.v6 } else { self.v4 }
+    }
+
+    /// One sample of `/metrics`, e.g. `relay_responses_total{method="channel_bind",code="200"}`.
+    /// Absent samples (the relay omits zero response counters) read as 0.
+    fn metric(&self, sample: &str) -> u64 {
+        let text = self.metrics_text();
+        text.lines()
+            .find_map(|line| {
+                let (name, value) = line.rsplit_once(' ')?;
+                (name == sample).then(|| value.parse().ok()).flatten()
+            })
+            .unwrap_or(0)
+    }
+
+    fn metrics_text(&self) -> String {
+        let mut stream =
+            TcpStream::connect_timeout(&self.metrics, common::WAIT).expect("connect to /metrics");
+        stream
+            .set_read_timeout(Some(common::WAIT))
+            .expect("read timeout");
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: relay\r\n\r\n")
+            .expect("send request");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).expect("read /metrics");
+        assert!(text.starts_with("HTTP/1."), "not HTTP: {text}");
+        text
+    }
+
+    fn responses(&self, method: &str, code: u16) -> u64 {
+        self.metric(&format!(
+            "relay_responses_total{{method=\"{method}\",code=\"{code}\"}}"
+        ))
+    }
+
+    fn relayed(&self, direction: &str) -> u64 {
+        self.metric(&format!(
+            "relay_packets_relayed_total{{direction=\"{direction}\"}}"
+        ))
+    }
+
+    fn port_range_arg(&self) -> String {
+        format!("{}-{}", self.ports.0, self.ports.1)
+    }
+
+    /// The relay's log so far, for failure messages.
+    fn log(&self) -> String {
+        self.process.seen.join("\n")
     }
 }
 
-#[test]
-fn aioice_relays_through_channels_without_loss() {
-    let relay = relay("44000", "44099");
-    for size in ["100", "1200"] {
-        let (username, password) = credentials("aioice");
-        let mut command = Command::new(python());
-        command
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/interop/aioice_relay.py"
-            ))
-            .args([
-                "--server",
-                &relay.addr.to_string(),
-                "--username",
-                &username,
-                "--password",
-                &password,
-            ])
-            .args(["--count", "300", "--size", size, "--timeout", "20"]);
-        let (ok, output) = run_bounded(command, Duration::from_secs(40));
-        assert!(ok, "aioice interop failed (size {size}):\n{output}");
-        assert!(output.contains("\"lost\": 0"), "{output}");
-    }
+/// `... relay listening on [127.0.0.1:40000, [::1]:40001], relaying from ...`
+fn parse_listeners(line: &str) -> Vec<SocketAddr> {
+    let start = line.find("listening on [").expect("listen line") + "listening on [".len();
+    let end = line.find("], relaying").expect("end of listener list");
+    line[start..end]
+        .split(", ")
+        .map(|a| {
+            a.parse()
+                .unwrap_or_else(|_| panic!("listener {a:?} in {line:?}"))
+        })
+        .collect()
 }
 
-/// Kills the process when dropped.
+/// `len` consecutive UDP ports that are free on both 127.0.0.1 and ::1 right now, below the
+/// kernel's ephemeral range (so sockets bound to port 0 never land in it). Other processes
+/// may still take one later; the relay then tries another port of its range.
+fn free_port_range(len: u16) -> (u16, u16) {
+    const LOW: u16 = 20_000;
+    const HIGH: u16 = 32_000;
+    let mut seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id().rotate_left(16);
+    for _ in 0..100 {
+        // xorshift: enough to spread parallel test binaries over the space
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let span = u32::from(HIGH - LOW - len);
+        let base = LOW + (seed % span) as u16;
+        let all_free = (base..base + len)
+            .all(|port| UdpSocket::bind((V4, port)).is_ok() && UdpSocket::bind((V6, port)).is_ok());
+        if all_free {
+            return (base, base + len - 1);
+        }
+    }
+    panic!("no {len} consecutive free UDP ports between {LOW} and {HIGH}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Running client processes
+
+/// Kills the process when dropped, also when a test panics.
 struct Guard(Child);
 
 impl Drop for Guard {
@@ -99,43 +193,495 @@ impl Drop for Guard {
     }
 }
 
-fn free_udp_port() -> u16 {
-    // Held only long enough to learn a free port; turnutils_peer cannot report the one it got.
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("addr").port()
+/// What a client printed, and how it ended.
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Finished {
+    fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    fn output(&self) -> String {
+        format!(
+            "exit status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `command` to completion within `limit`; kills it and fails the test otherwise.
+/// Output is drained by threads so that a chatty client never blocks on a full pipe.
+fn run_bounded(mut command: Command, limit: Duration) -> Finished {
+    let what = format!("{command:?}");
+    let mut child = Guard(
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e} (tests/run installs it)")),
+    );
+    let stdout = drain(child.0.stdout.take());
+    let stderr = drain(child.0.stderr.take());
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("wait for client") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.0.kill();
+            let _ = child.0.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    match status {
+        Some(status) => Finished {
+            status,
+            stdout,
+            stderr,
+        },
+        None => panic!(
+            "{what} did not finish within {limit:?}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
+        ),
+    }
+}
+
+fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// aioice and aiortc (Python, from the venv tests/run creates)
+
+/// The interpreter of the venv `tests/run` set up.
+fn python() -> String {
+    std::env::var("RELAY_PYTHON").unwrap_or_else(|_| {
+        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+        assert!(
+            Path::new(venv).exists(),
+            "no Python venv with aioice/aiortc: run tests/run (it installs what the interop tests need)"
+        );
+        venv.to_owned()
+    })
+}
+
+fn script(name: &str) -> Command {
+    let mut command = Command::new(python());
+    command
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/interop")
+                .join(name),
+        )
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    command
+}
+
+/// The one JSON line a script prints must say `"ok": true`, with the named counts.
+fn assert_script_ok(what: &str, finished: &Finished, relay: &DualStackRelay, expect: &[&str]) {
+    assert!(
+        finished.success(),
+        "{what} failed\n{}\n--- relay log ---\n{}",
+        finished.output(),
+        relay.log()
+    );
+    let json = finished
+        .stdout
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("{what}: no JSON result line\n{}", finished.output()));
+    for needle in std::iter::once("\"ok\": true").chain(expect.iter().copied()) {
+        assert!(
+            json.contains(needle),
+            "{what}: {needle} missing in the result\n{}",
+            finished.output()
+        );
+    }
+}
+
+/// aioice allocates (over `transport`), binds a channel to an echo peer and relays `count`
+/// payloads of each size there and back without loss, then deletes the allocation.
+fn aioice_echo(transport: IpAddr, request_family: Option<u8>, relayed: IpAddr) {
+    let relay = DualStackRelay::start(20, &[]);
+    for size in ["100", "1200"] {
+        let (username, password) = credentials("aioice");
+        let mut command = script("aioice_relay.py");
+        command
+            .args(["--server", &relay.addr(transport).to_string()])
+            .args(["--username", &username, "--password", &password])
+            .args(["--count", "300", "--size", size, "--timeout", "20"])
+            .args(["--expect-relayed-family", family_number(relayed)]);
+        if let Some(family) = request_family {
+            command.args(["--request-family", &family.to_string()]);
+        }
+        let finished = run_bounded(command, Duration::from_secs(40));
+        assert_script_ok(
+            &format!("aioice ({size} bytes)"),
+            &finished,
+            &relay,
+            &["\"lost\": 0", "\"received\": 300", "\"deleted\": true"],
+        );
+        let relayed_prefix = match relayed {
+            IpAddr::V4(_) => "\"relayed\": \"127.0.0.1:",
+            IpAddr::V6(_) => "\"relayed\": \"[::1]:",
+        };
+        assert!(
+            finished.stdout.contains(relayed_prefix),
+            "{}",
+            finished.output()
+        );
+    }
+    // aioice sends only ChannelData: every payload went through a bound channel both ways.
+    assert_eq!(
+        relay.responses("channel_bind", 200),
+        2,
+        "{}",
+        relay.metrics_text()
+    );
+    assert_eq!(relay.responses("create_permission", 200), 0);
+    assert!(relay.relayed("peer_to_client") >= 600);
+}
+
+fn family_number(ip: IpAddr) -> &'static str {
+    if ip.is_ipv6() { "6" } else { "4" }
 }
 
 #[test]
-fn coturn_uclient_relays_send_indications_without_loss() {
-    let relay = relay("44100", "44199");
-    let peer_port = free_udp_port().to_string();
-    let peer = Command::new("turnutils_peer")
-        .args(["-L", "127.0.0.1", "-p", &peer_port])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("turnutils_peer (Debian package coturn; tests/run installs it)");
-    let _peer = Guard(peer);
-    std::thread::sleep(Duration::from_millis(200));
+fn aioice_channels_over_ipv4() {
+    aioice_echo(V4, None, V4);
+}
+
+/// aioice reaches the relay over ::1; without REQUESTED-ADDRESS-FAMILY it gets an IPv4
+/// relayed address (RFC 8656 §7.2), so the peer is IPv4.
+#[test]
+fn aioice_channels_over_ipv6_transport() {
+    aioice_echo(V6, None, V4);
+}
+
+/// IPv6 end to end: over ::1, REQUESTED-ADDRESS-FAMILY IPv6, an IPv6 relayed address and peer.
+#[test]
+fn aioice_channels_over_ipv6_relayed_address() {
+    aioice_echo(V6, Some(6), V6);
+}
+
+/// Two aiortc peers, each allowed only its TURN-relayed candidate (iceTransportPolicy
+/// "relay"), connect ICE + DTLS + SCTP through our relay and exchange 200 messages each way.
+fn aiortc_data_channel(transport: IpAddr, request_family: Option<u8>, relayed: IpAddr) {
+    let relay = DualStackRelay::start(20, &[]);
+    let (username, password) = credentials("aiortc");
+    let mut command = script("aiortc_datachannel.py");
+    command
+        .args(["--server", &relay.addr(transport).to_string()])
+        .args(["--username", &username, "--password", &password])
+        .args(["--count", "200", "--timeout", "30"])
+        .args(["--expect-relay-ports", &relay.port_range_arg()])
+        .args(["--expect-relayed-family", family_number(relayed)]);
+    if let Some(family) = request_family {
+        command.args(["--request-family", &family.to_string()]);
+    }
+    let finished = run_bounded(command, Duration::from_secs(50));
+    assert_script_ok(
+        "aiortc data channel",
+        &finished,
+        &relay,
+        &[
+            "\"a_to_b\": 200",
+            "\"b_to_a\": 200",
+            "\"allocations_deleted\": 2",
+        ],
+    );
+    // Both peers allocated here and talked through channels; the relay saw the traffic.
+    assert!(
+        relay.responses("allocate", 200) >= 2,
+        "{}",
+        relay.metrics_text()
+    );
+    assert!(
+        relay.responses("channel_bind", 200) >= 2,
+        "{}",
+        relay.metrics_text()
+    );
+    assert!(
+        relay.relayed("client_to_peer") >= 400,
+        "{}",
+        relay.metrics_text()
+    );
+    assert!(
+        relay.relayed("peer_to_client") >= 400,
+        "{}",
+        relay.metrics_text()
+    );
+}
+
+#[test]
+fn aiortc_data_channel_over_ipv4() {
+    aiortc_data_channel(V4, None, V4);
+}
+
+#[test]
+fn aiortc_data_channel_over_ipv6_transport() {
+    aiortc_data_channel(V6, None, V4);
+}
+
+#[test]
+fn aiortc_data_channel_over_ipv6_relayed_addresses() {
+    aiortc_data_channel(V6, Some(6), V6);
+}
+
+// ---------------------------------------------------------------------------------------
+// coturn's turnutils_uclient and turnutils_peer (Debian package coturn)
+
+/// turnutils_peer: a UDP echo server on PORT and PORT+1 of 127.0.0.1 and ::1.
+struct EchoPeer {
+    _process: Guard,
+    port: u16,
+}
+
+impl EchoPeer {
+    fn start() -> EchoPeer {
+        let (port, _) = free_port_range(2);
+        let process = Command::new("turnutils_peer")
+            .args(["-L", "127.0.0.1", "-L", "::1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("turnutils_peer (Debian package coturn; tests/run installs it)");
+        let peer = EchoPeer {
+            _process: Guard(process),
+            port,
+        };
+        for ip in [V4, V6] {
+            for port in [port, port + 1] {
+                wait_for_echo(SocketAddr::new(ip, port));
+            }
+        }
+        peer
+    }
+}
+
+/// Waits (bounded) until `addr` echoes a datagram.
+fn wait_for_echo(addr: SocketAddr) {
+    let socket = UdpSocket::bind(SocketAddr::new(addr.ip(), 0)).expect("bind probe");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let deadline = Instant::now() + common::WAIT;
+    let mut buf = [0u8; 64];
+    while Instant::now() < deadline {
+        let _ = socket.send_to(b"ready?", addr);
+        if let Ok((len, from)) = socket.recv_from(&mut buf)
+            && from == addr
+            && &buf[..len] == b"ready?"
+        {
+            return;
+        }
+    }
+    panic!(
+        "turnutils_peer did not echo on {addr} within {:?}",
+        common::WAIT
+    );
+}
+
+/// turnutils_uclient against `relay` over `transport`, with `peer` as the peer address.
+/// It mints REST API credentials itself from the secret (`-W`), for user `user`.
+fn uclient(
+    relay: &DualStackRelay,
+    transport: IpAddr,
+    peer: &EchoPeer,
+    peer_ip: IpAddr,
+    user: &str,
+    flags: &[&str],
+) -> Command {
     let mut command = Command::new("turnutils_uclient");
     command
-        .args([
-            "-W",
-            common::SECRET,
-            "-u",
-            "uclient",
-            "-p",
-            &relay.addr.port().to_string(),
-        ])
-        .args(["-e", "127.0.0.1", "-r", &peer_port])
-        // -s: Send/Data indications; -c: no RTCP pair; 4 clients, 100 messages each.
-        .args(["-s", "-c", "-m", "4", "-n", "100", "-l", "1000", "-z", "5"])
-        .arg("127.0.0.1");
-    let (ok, output) = run_bounded(command, Duration::from_secs(60));
-    assert!(ok, "turnutils_uclient failed:\n{output}");
+        .args(["-W", common::SECRET, "-u", user])
+        .args(["-p", &relay.addr(transport).port().to_string()])
+        .args(["-e", &peer_ip.to_string(), "-r", &peer.port.to_string()])
+        .args(flags)
+        .arg(transport.to_string());
+    command
+}
+
+/// uclient's summary: `Total lost packets 0 (0.000000%), total send dropped 0 (...)` and
+/// `start_mclient: tot_send_msgs=400, tot_recv_msgs=400`.
+fn assert_uclient_lossless(what: &str, finished: &Finished, relay: &DualStackRelay, messages: u64) {
+    let out = finished.output();
     assert!(
-        output.contains("Total lost packets 0 (0.000000%)"),
-        "uclient saw loss or did not finish:\n{output}"
+        finished.success(),
+        "{what}: turnutils_uclient failed\n{out}\n--- relay log ---\n{}",
+        relay.log()
     );
-    assert!(output.contains("tot_recv_bytes ~ 400000"), "{output}");
+    assert!(
+        finished
+            .stdout
+            .contains("Total lost packets 0 (0.000000%), total send dropped 0 (0.000000%)"),
+        "{what}: loss, or uclient did not finish\n{out}"
+    );
+    let totals = format!("tot_send_msgs={messages}, tot_recv_msgs={messages}\n");
+    assert!(
+        finished.stdout.contains(&totals),
+        "{what}: expected {totals:?}\n{out}"
+    );
+}
+
+/// Send indications out, Data indications back (`-s`: CreatePermission, no channels), four
+/// concurrent clients. Over IPv4, uclient's RTP/RTCP mode also exercises EVEN-PORT with the
+/// R bit, RESERVATION-TOKEN, an unclaimed reservation, and DONT-FRAGMENT (`-g`).
+fn uclient_indications(transport: IpAddr, rtcp_pairs: bool) {
+    let relay = DualStackRelay::start(100, &["--max-allocations-per-user", "100"]);
+    let peer = EchoPeer::start();
+    let (clients, per_client) = (4u64, 100u64);
+    let mut flags = vec!["-s", "-m", "4", "-n", "100", "-l", "1000", "-z", "5", "-v"];
+    if rtcp_pairs {
+        flags.push("-g");
+    } else {
+        flags.push("-c");
+    }
+    let finished = run_bounded(
+        uclient(&relay, transport, &peer, transport, "indications", &flags),
+        Duration::from_secs(60),
+    );
+    // In RTP/RTCP mode the four clients are two RTP+RTCP pairs: still 4 x 100 messages.
+    assert_uclient_lossless("send indications", &finished, &relay, clients * per_client);
+    let metrics = relay.metrics_text();
+    assert!(
+        relay.responses("create_permission", 200) >= clients,
+        "{metrics}"
+    );
+    assert_eq!(
+        relay.responses("channel_bind", 200),
+        0,
+        "no channels in -s mode\n{metrics}"
+    );
+    assert!(
+        relay.relayed("peer_to_client") >= clients * per_client,
+        "{metrics}"
+    );
+    assert_eq!(
+        relay.metric("relay_drops_total{reason=\"send_indication\"}"),
+        0,
+        "{metrics}"
+    );
+    if rtcp_pairs {
+        assert_reserved_pairs(&finished);
+    }
+}
+
+/// In RTP/RTCP mode uclient asks for EVEN-PORT with the R bit, then allocates with the
+/// RESERVATION-TOKEN it got: its -v output shows the token and the two relayed ports.
+fn assert_reserved_pairs(finished: &Finished) {
+    let out = finished.output();
+    let ports: Vec<u16> = finished
+        .stdout
+        .lines()
+        .filter_map(|l| l.split("Received relay addr: ").nth(1))
+        .filter_map(|a| a.trim().parse::<SocketAddr>().ok())
+        .map(|a| a.port())
+        .collect();
+    let tokens = finished
+        .stdout
+        .lines()
+        .filter_map(|l| l.split("rtv=").nth(1))
+        .filter(|t| t.trim() != "0")
+        .count();
+    assert!(tokens > 0, "no RESERVATION-TOKEN handed out\n{out}");
+    assert!(
+        ports.windows(2).any(|w| w[0] % 2 == 0 && w[1] == w[0] + 1),
+        "no allocation claimed the reserved port next to an even one: {ports:?}\n{out}"
+    );
+}
+
+#[test]
+fn coturn_uclient_send_indications_over_ipv4() {
+    uclient_indications(V4, true);
+}
+
+#[test]
+fn coturn_uclient_send_indications_over_ipv6() {
+    uclient_indications(V6, false);
+}
+
+/// Channel mode (no `-s`). uclient draws each channel number uniformly from RFC 5766's
+/// 0x4000–0x7FFF and has no flag to choose one; our relay accepts RFC 8656's 0x4000–0x4FFF
+/// and answers 400 to the rest, on which uclient exits. Each run binds two numbers, so one
+/// run in 16 draws both in range. The test runs uclient until one does (at most 250 runs:
+/// a chance of 1 in 10^7 of never drawing them) and requires every other run to have
+/// stopped at exactly that 400 and nothing else, and the winning run to be lossless.
+fn uclient_channels(transport: IpAddr) {
+    const RUNS: u32 = 250;
+    let relay = DualStackRelay::start(2 * RUNS as u16 + 20, &[]);
+    let peer = EchoPeer::start();
+    let (mut rejected, mut bound) = (0u64, 0u64);
+    for run in 0..RUNS {
+        // A user per run: every run leaves two allocations behind (uclient does not delete
+        // them on exit) and a user may hold only 10.
+        let user = format!("channels{run}");
+        let flags = ["-v", "-c", "-m", "1", "-n", "200", "-l", "1000", "-z", "2"];
+        let finished = run_bounded(
+            uclient(&relay, transport, &peer, transport, &user, &flags),
+            Duration::from_secs(30),
+        );
+        // -v logs each accepted ChannelBind as `success: 0x4abc`.
+        for number in finished
+            .stdout
+            .lines()
+            .filter_map(|l| l.split("success: 0x").nth(1))
+        {
+            let number = u16::from_str_radix(number.trim(), 16).unwrap_or(0);
+            assert!(
+                (0x4000..=0x4FFF).contains(&number),
+                "the relay accepted channel {number:#x}\n{}",
+                finished.output()
+            );
+            bound += 1;
+        }
+        if finished.success() {
+            assert_uclient_lossless("channels", &finished, &relay, 200);
+            let metrics = relay.metrics_text();
+            assert_eq!(relay.responses("channel_bind", 400), rejected, "{metrics}");
+            // The winning run bound two channels, each twice (the second is a refresh);
+            // its traffic loop may refresh them once more (unlogged), with a CreatePermission.
+            assert!(bound >= 4, "{}", finished.output());
+            assert!(relay.responses("channel_bind", 200) >= bound, "{metrics}");
+            assert!(relay.relayed("peer_to_client") >= 200, "{metrics}");
+            eprintln!(
+                "uclient channel mode: passed on run {} ({rejected} runs drew a number above 0x4FFF)",
+                run + 1
+            );
+            return;
+        }
+        assert!(
+            finished
+                .stdout
+                .contains("channel bind: error 400 (Bad Request)"),
+            "uclient failed for another reason than a channel number outside 0x4000-0x4FFF\n{}",
+            finished.output()
+        );
+        rejected += 1;
+    }
+    panic!("turnutils_uclient drew a channel number above 0x4FFF in each of {RUNS} runs");
+}
+
+#[test]
+fn coturn_uclient_channels_over_ipv4() {
+    uclient_channels(V4);
+}
+
+#[test]
+fn coturn_uclient_channels_over_ipv6() {
+    uclient_channels(V6);
 }

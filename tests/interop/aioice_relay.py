@@ -17,10 +17,12 @@ unless the server hands out something else, because aioice never sends
 REQUESTED-ADDRESS-FAMILY and RFC 8656 section 7.2 then says "the server MUST
 allocate an IPv4-relayed transport address". So with --server [::1]:PORT the
 expected case is an IPv6 transport to the relay, an IPv4 relayed address and
-an IPv4 peer. --expect-relayed-family (default 4) states which relayed family
-must come back; the echo peer (--peer-host) defaults to the loopback address
-of that family, and must be of it (a relayed address reaches only peers of
-its own family).
+an IPv4 peer. --request-family 6 makes aioice ask for an IPv6 relayed
+address (aioice_address_family.py adds REQUESTED-ADDRESS-FAMILY to its
+Allocate). --expect-relayed-family (default: the --request-family, else 4)
+states which relayed family must come back; the echo peer (--peer-host)
+defaults to the loopback address of that family, and must be of it (a
+relayed address reaches only peers of its own family).
 
 Output: progress on stderr, and exactly one JSON line on stdout, e.g.
   {"ok": true, "sent": 200, "received": 200, "relayed": "127.0.0.1:50000", "lost": 0, ...}
@@ -43,6 +45,8 @@ import time
 import zlib
 
 from aioice import stun, turn
+
+from aioice_address_family import request_address_family
 
 MAGIC = b"RLY1"
 HEADER = struct.Struct("!4sII")  # magic, sequence number, crc32 of the rest
@@ -374,10 +378,13 @@ def main() -> int:
     parser.add_argument("--family", type=int, choices=(4, 6), default=None,
                         help="IP family of the transport to the TURN server "
                              "(default 6 for an IPv6 --server, else 4)")
-    parser.add_argument("--expect-relayed-family", type=int, choices=(4, 6), default=4,
-                        help="IP family the relayed address must have (default 4: aioice "
-                             "sends no REQUESTED-ADDRESS-FAMILY, so RFC 8656 servers "
-                             "allocate IPv4)")
+    parser.add_argument("--request-family", type=int, choices=(4, 6), default=None,
+                        help="send REQUESTED-ADDRESS-FAMILY with this family in Allocate "
+                             "(default: none, as aioice itself does)")
+    parser.add_argument("--expect-relayed-family", type=int, choices=(4, 6), default=None,
+                        help="IP family the relayed address must have (default: the "
+                             "--request-family, else 4: without REQUESTED-ADDRESS-FAMILY "
+                             "RFC 8656 servers allocate IPv4)")
     parser.add_argument("--peer-host", default=None,
                         help="numeric address of the echo peer, of the relayed family "
                              "(default 127.0.0.1, or ::1 with --expect-relayed-family 6)")
@@ -405,6 +412,8 @@ def main() -> int:
         parser.error("--timeout must be positive")
     if args.family is None:
         args.family = 6 if ":" in args.server[0] else 4
+    if args.expect_relayed_family is None:
+        args.expect_relayed_family = args.request_family or 4
     if args.peer_host is None:
         args.peer_host = "::1" if args.expect_relayed_family == 6 else "127.0.0.1"
     try:
@@ -420,6 +429,9 @@ def main() -> int:
     if args.verbose:
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,
                             format="%(asctime)s %(name)s %(message)s")
+
+    if args.request_family is not None:
+        request_address_family(args.request_family)
 
     try:
         result = asyncio.run(run(args))

@@ -39,7 +39,9 @@ delete both allocations (aioice sends Refresh LIFETIME=0 and logs the outcome).
 
 Relayed address family: aioice never sends REQUESTED-ADDRESS-FAMILY, so per
 RFC 8656 section 7.2 the server allocates IPv4 relayed addresses even when it
-is reached over IPv6 (--expect-relayed-family, default 4).
+is reached over IPv6. --request-family 6 makes aioice (under aiortc) ask for
+IPv6 relayed addresses (aioice_address_family.py adds the attribute to its
+Allocate); --expect-relayed-family defaults to the --request-family, else 4.
 
 IPv6 servers: RFC 7065 writes an IPv6 server as "turn:[::1]:3478", but
 aiortc 1.16's URI parser (aiortc.rtcicetransport.TURN_REGEX, host
@@ -74,6 +76,8 @@ from aiortc import (
     RTCIceTransportPolicy,
     RTCPeerConnection,
 )
+
+from aioice_address_family import request_address_family
 
 MAGIC = b"DC01"
 # magic, direction (0: A->B, 1: B->A), sequence number, crc32 of the body
@@ -453,9 +457,12 @@ def main() -> int:
                         help="seconds for gathering, connecting and the exchange (default 30)")
     parser.add_argument("--close-timeout", type=float, default=5.0,
                         help="seconds for closing both peers afterwards (default 5)")
-    parser.add_argument("--expect-relayed-family", type=int, choices=(4, 6), default=4,
-                        help="family of the relayed addresses (default 4: aioice never asks "
-                             "for another with REQUESTED-ADDRESS-FAMILY)")
+    parser.add_argument("--request-family", type=int, choices=(4, 6), default=None,
+                        help="make aioice send REQUESTED-ADDRESS-FAMILY with this family "
+                             "(default: none, as aioice itself does)")
+    parser.add_argument("--expect-relayed-family", type=int, choices=(4, 6), default=None,
+                        help="family of the relayed addresses (default: the --request-family, "
+                             "else 4: aioice by itself never asks for another)")
     parser.add_argument("--expect-relay-ports", type=parse_port_range, default=None,
                         metavar="LOW-HIGH", help="the relay's port range, checked if given")
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -465,6 +472,10 @@ def main() -> int:
         parser.error("--count must be at least 1")
     if args.timeout <= 0 or args.close_timeout <= 0:
         parser.error("--timeout and --close-timeout must be positive")
+    if args.expect_relayed_family is None:
+        args.expect_relayed_family = args.request_family or 4
+    if args.request_family is not None:
+        request_address_family(args.request_family)
     args.transport_family = family_of(args.server[0])
     if args.transport_family is None:
         parser.error("--server must be a numeric IPv4 or [IPv6] address")
