@@ -18,6 +18,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{RelayProcess, credentials};
 
+/// Echo peers on loopback need this; two clients of the relay talking through each other's
+/// relayed addresses (the aiortc tests) do not: the relay's own addresses are reachable on
+/// its relay port range whatever the loopback policy.
+const ALLOW_LOOPBACK: &str = "--allow-loopback-peers";
+
 const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
 
@@ -26,6 +31,7 @@ const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
 
 /// Our relay on 127.0.0.1 and ::1 (kernel-chosen ports), relaying from loopback on a relay
 /// port range found free at run time, with its metrics endpoint on, killed when dropped.
+/// Loopback peers are denied unless `extra` has `--allow-loopback-peers` (ALLOW_LOOPBACK).
 struct DualStackRelay {
     process: RelayProcess,
     v4: SocketAddr,
@@ -48,7 +54,6 @@ impl DualStackRelay {
             common::REALM,
             "--auth-secret",
             common::SECRET,
-            "--allow-loopback-peers",
             "--lowest-port",
             &lowest_arg,
             "--highest-port",
@@ -158,6 +163,9 @@ fn parse_listeners(line: &str) -> Vec<SocketAddr> {
 /// kernel's ephemeral range (so sockets bound to port 0 never land in it). Other processes
 /// may still take one later; the relay then tries another port of its range.
 fn free_port_range(len: u16) -> (u16, u16) {
+    if let Err(e) = UdpSocket::bind((V6, 0)) {
+        panic!("these tests need IPv6 loopback (::1), and binding it fails: {e}");
+    }
     const LOW: u16 = 20_000;
     const HIGH: u16 = 32_000;
     let mut seed = SystemTime::now()
@@ -315,7 +323,7 @@ fn assert_script_ok(what: &str, finished: &Finished, relay: &DualStackRelay, exp
 /// aioice allocates (over `transport`), binds a channel to an echo peer and relays `count`
 /// payloads of each size there and back without loss, then deletes the allocation.
 fn aioice_echo(transport: IpAddr, request_family: Option<u8>, relayed: IpAddr) {
-    let relay = DualStackRelay::start(20, &[]);
+    let relay = DualStackRelay::start(20, &[ALLOW_LOOPBACK]);
     for size in ["100", "1200"] {
         let (username, password) = credentials("aioice");
         let mut command = script("aioice_relay.py");
@@ -379,6 +387,8 @@ fn aioice_channels_over_ipv6_relayed_address() {
 
 /// Two aiortc peers, each allowed only its TURN-relayed candidate (iceTransportPolicy
 /// "relay"), connect ICE + DTLS + SCTP through our relay and exchange 200 messages each way.
+/// The relay runs with its default peer policy (no loopback peers): each peer's only peer is
+/// the other's relayed address, one of the relay's own.
 fn aiortc_data_channel(transport: IpAddr, request_family: Option<u8>, relayed: IpAddr) {
     let relay = DualStackRelay::start(20, &[]);
     let (username, password) = credentials("aiortc");
@@ -539,20 +549,21 @@ fn assert_uclient_lossless(what: &str, finished: &Finished, relay: &DualStackRel
 }
 
 /// Send indications out, Data indications back (`-s`: CreatePermission, no channels), four
-/// concurrent clients. Over IPv4, uclient's RTP/RTCP mode also exercises EVEN-PORT with the
-/// R bit, RESERVATION-TOKEN, an unclaimed reservation, and DONT-FRAGMENT (`-g`).
-fn uclient_indications(transport: IpAddr, rtcp_pairs: bool) {
-    let relay = DualStackRelay::start(100, &["--max-allocations-per-user", "100"]);
+/// concurrent clients, DONT-FRAGMENT in every Allocate (`-g`). uclient asks for a relayed
+/// address of the peer's family. With `rtcp_pairs`, uclient's RTP/RTCP mode also exercises
+/// EVEN-PORT with the R bit, RESERVATION-TOKEN and a reservation never claimed.
+fn uclient_indications(transport: IpAddr, peer_ip: IpAddr, rtcp_pairs: bool) {
+    let relay = DualStackRelay::start(100, &[ALLOW_LOOPBACK, "--max-allocations-per-user", "100"]);
     let peer = EchoPeer::start();
     let (clients, per_client) = (4u64, 100u64);
-    let mut flags = vec!["-s", "-m", "4", "-n", "100", "-l", "1000", "-z", "5", "-v"];
-    if rtcp_pairs {
-        flags.push("-g");
-    } else {
+    let mut flags = vec![
+        "-s", "-g", "-m", "4", "-n", "100", "-l", "1000", "-z", "5", "-v",
+    ];
+    if !rtcp_pairs {
         flags.push("-c");
     }
     let finished = run_bounded(
-        uclient(&relay, transport, &peer, transport, "indications", &flags),
+        uclient(&relay, transport, &peer, peer_ip, "indications", &flags),
         Duration::from_secs(60),
     );
     // In RTP/RTCP mode the four clients are two RTP+RTCP pairs: still 4 x 100 messages.
@@ -607,12 +618,18 @@ fn assert_reserved_pairs(finished: &Finished) {
 
 #[test]
 fn coturn_uclient_send_indications_over_ipv4() {
-    uclient_indications(V4, true);
+    uclient_indications(V4, V4, true);
 }
 
 #[test]
 fn coturn_uclient_send_indications_over_ipv6() {
-    uclient_indications(V6, false);
+    uclient_indications(V6, V6, false);
+}
+
+/// Over IPv4 to the relay, with an IPv6 peer: uclient sends REQUESTED-ADDRESS-FAMILY IPv6.
+#[test]
+fn coturn_uclient_send_indications_ipv4_transport_ipv6_relayed() {
+    uclient_indications(V4, V6, false);
 }
 
 /// Channel mode (no `-s`). uclient draws each channel number uniformly from RFC 5766's
@@ -623,7 +640,7 @@ fn coturn_uclient_send_indications_over_ipv6() {
 /// stopped at exactly that 400 and nothing else, and the winning run to be lossless.
 fn uclient_channels(transport: IpAddr) {
     const RUNS: u32 = 250;
-    let relay = DualStackRelay::start(2 * RUNS as u16 + 20, &[]);
+    let relay = DualStackRelay::start(2 * RUNS as u16 + 20, &[ALLOW_LOOPBACK]);
     let peer = EchoPeer::start();
     let (mut rejected, mut bound) = (0u64, 0u64);
     for run in 0..RUNS {
