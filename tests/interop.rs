@@ -13,6 +13,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -159,33 +160,63 @@ fn parse_listeners(line: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// `len` consecutive UDP ports that are free on both 127.0.0.1 and ::1 right now, below the
-/// kernel's ephemeral range (so sockets bound to port 0 never land in it). Other processes
-/// may still take one later; the relay then tries another port of its range.
+/// `len` consecutive UDP ports that are free on both 127.0.0.1 and ::1 right now, outside
+/// the kernel's ephemeral range (so sockets bound to port 0 never land in them), and not
+/// handed to another test of this binary. Other processes may still take one later; the
+/// relay then tries another port of its range.
 fn free_port_range(len: u16) -> (u16, u16) {
+    static HANDED_OUT: Mutex<Vec<(u16, u16)>> = Mutex::new(Vec::new());
     if let Err(e) = UdpSocket::bind((V6, 0)) {
         panic!("these tests need IPv6 loopback (::1), and binding it fails: {e}");
     }
-    const LOW: u16 = 20_000;
-    const HIGH: u16 = 32_000;
-    let mut seed = SystemTime::now()
+    let (ephemeral_low, ephemeral_high) = ephemeral_ports();
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    // Start somewhere random so that concurrent test binaries spread out, then scan.
+    let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos())
         ^ std::process::id().rotate_left(16);
-    for _ in 0..100 {
-        // xorshift: enough to spread parallel test binaries over the space
-        seed ^= seed << 13;
-        seed ^= seed >> 17;
-        seed ^= seed << 5;
-        let span = u32::from(HIGH - LOW - len);
-        let base = LOW + (seed % span) as u16;
-        let all_free = (base..base + len)
-            .all(|port| UdpSocket::bind((V4, port)).is_ok() && UdpSocket::bind((V6, port)).is_ok());
-        if all_free {
-            return (base, base + len - 1);
+    for (low, high) in [(10_000, ephemeral_low - 1), (ephemeral_high + 1, u16::MAX)] {
+        if high < low || high - low + 1 < len {
+            continue;
+        }
+        let bases = u32::from(high - low - len + 2);
+        let first = seed % bases;
+        let mut step = 0;
+        while step < bases {
+            let base = low + ((first + step) % bases) as u16;
+            let window = (base, base + len - 1);
+            let taken = handed_out
+                .iter()
+                .any(|&(l, h)| l <= window.1 && window.0 <= h);
+            // The first busy port, if any: no window containing it can work.
+            let busy = (base..=window.1).find(|&port| {
+                UdpSocket::bind((V4, port)).is_err() || UdpSocket::bind((V6, port)).is_err()
+            });
+            match (taken, busy) {
+                (false, None) => {
+                    handed_out.push(window);
+                    return window;
+                }
+                (_, Some(port)) if first + step + u32::from(port - base) < bases => {
+                    step += u32::from(port - base) + 1;
+                }
+                _ => step += 1,
+            }
         }
     }
-    panic!("no {len} consecutive free UDP ports between {LOW} and {HIGH}");
+    panic!("no {len} consecutive free UDP ports on 127.0.0.1 and ::1 outside the ephemeral range");
+}
+
+/// The kernel's ephemeral port range (Linux), or the usual default.
+fn ephemeral_ports() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut numbers = text.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((numbers.next()??, numbers.next()??))
+        })
+        .unwrap_or((32_768, 60_999))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -635,62 +666,86 @@ fn coturn_uclient_send_indications_ipv4_transport_ipv6_relayed() {
 /// Channel mode (no `-s`). uclient draws each channel number uniformly from RFC 5766's
 /// 0x4000–0x7FFF and has no flag to choose one; our relay accepts RFC 8656's 0x4000–0x4FFF
 /// and answers 400 to the rest, on which uclient exits. Each run binds two numbers, so one
-/// run in 16 draws both in range. The test runs uclient until one does (at most 250 runs:
-/// a chance of 1 in 10^7 of never drawing them) and requires every other run to have
-/// stopped at exactly that 400 and nothing else, and the winning run to be lossless.
+/// run in 16 draws both in range. The test runs uclient, `PARALLEL` runs at a time, until
+/// one does (at most 252 runs: a chance of 1 in 10^7 of never drawing them), requires every
+/// other run to have stopped at exactly that 400 and nothing else, and the winning run to
+/// be lossless.
 fn uclient_channels(transport: IpAddr) {
-    const RUNS: u32 = 250;
-    let relay = DualStackRelay::start(2 * RUNS as u16 + 20, &[ALLOW_LOOPBACK]);
+    const BATCHES: u16 = 63;
+    const PARALLEL: u16 = 4;
+    let relay = DualStackRelay::start(2 * BATCHES * PARALLEL + 20, &[ALLOW_LOOPBACK]);
     let peer = EchoPeer::start();
     let (mut rejected, mut bound) = (0u64, 0u64);
-    for run in 0..RUNS {
-        // A user per run: every run leaves two allocations behind (uclient does not delete
-        // them on exit) and a user may hold only 10.
-        let user = format!("channels{run}");
-        let flags = ["-v", "-c", "-m", "1", "-n", "200", "-l", "1000", "-z", "2"];
-        let finished = run_bounded(
-            uclient(&relay, transport, &peer, transport, &user, &flags),
-            Duration::from_secs(30),
-        );
-        // -v logs each accepted ChannelBind as `success: 0x4abc`.
-        for number in finished
-            .stdout
-            .lines()
-            .filter_map(|l| l.split("success: 0x").nth(1))
-        {
-            let number = u16::from_str_radix(number.trim(), 16).unwrap_or(0);
+    for batch in 0..BATCHES {
+        let runs: Vec<Finished> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..PARALLEL)
+                .map(|i| {
+                    // A user per run: every run leaves two allocations behind (uclient does
+                    // not delete them on exit) and a user may hold only 10.
+                    let user = format!("channels{}", batch * PARALLEL + i);
+                    let flags = ["-v", "-c", "-m", "1", "-n", "200", "-l", "1000", "-z", "2"];
+                    let command = uclient(&relay, transport, &peer, transport, &user, &flags);
+                    scope.spawn(move || run_bounded(command, Duration::from_secs(30)))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("uclient run"))
+                .collect()
+        });
+        let mut winners = Vec::new();
+        for finished in runs {
+            // -v logs each accepted ChannelBind as `success: 0x4abc`.
+            for number in finished
+                .stdout
+                .lines()
+                .filter_map(|l| l.split("success: 0x").nth(1))
+            {
+                let number = u16::from_str_radix(number.trim(), 16).unwrap_or(0);
+                assert!(
+                    (0x4000..=0x4FFF).contains(&number),
+                    "the relay accepted channel {number:#x}\n{}",
+                    finished.output()
+                );
+                bound += 1;
+            }
+            if finished.success() {
+                assert_uclient_lossless("channels", &finished, &relay, 200);
+                winners.push(finished);
+                continue;
+            }
             assert!(
-                (0x4000..=0x4FFF).contains(&number),
-                "the relay accepted channel {number:#x}\n{}",
+                finished
+                    .stdout
+                    .contains("channel bind: error 400 (Bad Request)"),
+                "uclient failed for another reason than a channel number outside 0x4000-0x4FFF\n{}",
                 finished.output()
             );
-            bound += 1;
+            rejected += 1;
         }
-        if finished.success() {
-            assert_uclient_lossless("channels", &finished, &relay, 200);
+        if let Some(winner) = winners.first() {
             let metrics = relay.metrics_text();
             assert_eq!(relay.responses("channel_bind", 400), rejected, "{metrics}");
-            // The winning run bound two channels, each twice (the second is a refresh);
-            // its traffic loop may refresh them once more (unlogged), with a CreatePermission.
-            assert!(bound >= 4, "{}", finished.output());
+            // A winning run bound two channels, each twice (the second is a refresh); its
+            // traffic loop may refresh them once more (unlogged), with a CreatePermission.
+            assert!(bound >= 4, "{}", winner.output());
             assert!(relay.responses("channel_bind", 200) >= bound, "{metrics}");
-            assert!(relay.relayed("peer_to_client") >= 200, "{metrics}");
+            assert!(
+                relay.relayed("peer_to_client") >= 200 * winners.len() as u64,
+                "{metrics}"
+            );
             eprintln!(
-                "uclient channel mode: passed on run {} ({rejected} runs drew a number above 0x4FFF)",
-                run + 1
+                "uclient channel mode: {} of {} runs passed, {rejected} drew a number above 0x4FFF",
+                winners.len(),
+                (batch + 1) * PARALLEL
             );
             return;
         }
-        assert!(
-            finished
-                .stdout
-                .contains("channel bind: error 400 (Bad Request)"),
-            "uclient failed for another reason than a channel number outside 0x4000-0x4FFF\n{}",
-            finished.output()
-        );
-        rejected += 1;
     }
-    panic!("turnutils_uclient drew a channel number above 0x4FFF in each of {RUNS} runs");
+    panic!(
+        "turnutils_uclient drew a channel number above 0x4FFF in each of {} runs",
+        BATCHES * PARALLEL
+    );
 }
 
 #[test]
