@@ -1037,7 +1037,10 @@ impl Driver {
     ) {
         let open = self.open_relays();
         let allocation = if open.is_empty() {
-            AllocationId(usize::from(relay % 4))
+            AllocationId {
+                slot: usize::from(relay % 4),
+                generation: 0,
+            }
         } else {
             open[usize::from(relay) % open.len()].1.allocation
         };
