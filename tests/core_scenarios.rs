@@ -2464,6 +2464,40 @@ fn even_port_reservation_follows_a_retried_port() {
     assert_eq!(b.port, port + 1, "reserved port is relayed port + 1");
 }
 
+#[test]
+fn reserved_port_in_use_is_508_not_another_port() {
+    // RFC 8656 §7.2: RESERVATION-TOKEN asks for the reserved port itself (the neighbour of an
+    // RTP port, say). If someone else holds it, another port would break the pairing: 508.
+    let mut h = Harness::new();
+    let c = h.client("198.51.100.1:40000", "alice");
+    let a = h.allocate_with(
+        &c,
+        c.req(ALLOCATE)
+            .attr(RequestedTransport::new(UDP))
+            .attr(EvenPort::new(true)),
+    );
+    let token = a.response.get::<ReservationToken>().unwrap().token();
+    let d = h.client("198.51.100.2:40000", "bob");
+    h.open_script = VecDeque::from([OpenAnswer::Err(OpenError::AddressInUse)]);
+    h.send(
+        d.addr,
+        d.req(ALLOCATE)
+            .attr(RequestedTransport::new(UDP))
+            .attr(ReservationToken::new(token)),
+    );
+    let outputs = h.drain();
+    assert_eq!(outputs.len(), 2, "{outputs:?}");
+    assert!(matches!(
+        outputs[0],
+        Output::OpenRelay { addr, .. } if addr.port() == a.port + 1
+    ));
+    let r = to_client(&outputs[1], d.addr);
+    assert_eq!(r.error_code(), Some(508));
+    assert!(r.integrity_valid(&d.key()));
+    assert_eq!(h.server.allocation_count(), 1);
+    assert_eq!(h.server.ports_in_use(), [1, 0]);
+}
+
 // ---------------------------------------------------------------------------------------
 // 13. MESSAGE-INTEGRITY on responses
 // ---------------------------------------------------------------------------------------

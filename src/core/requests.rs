@@ -240,7 +240,7 @@ impl Server {
             allocate_response: None,
             allocate_fingerprint: requester.fingerprint,
             dont_fragment: message.get_attribute::<DontFragment>().is_some(),
-            port_need: need,
+            retry_need: token.is_none().then_some(need),
             reservation,
             scheduled: None,
         });
@@ -326,7 +326,7 @@ impl Server {
     /// port + 1 (RFC 8656 §7.2).
     pub(super) fn retry_port(&mut self, id: AllocationId, family: Family) -> Option<u16> {
         let allocation = self.allocations.get(id)?;
-        let (need, token) = (allocation.port_need, allocation.reservation);
+        let (need, token) = (allocation.retry_need?, allocation.reservation);
         let port = self.ports[family.index()].take(&mut self.rng, need)?;
         if let (PortNeed::EvenPair, Some(token)) = (need, token)
             && let Some(reservation) = self.reservations.get_mut(&token)
