@@ -18,16 +18,23 @@ use stun_codec::rfc5766::methods::{
 };
 use stun_codec::{Message, MessageClass, MessageDecoder};
 
-fn relay() -> RelayProcess {
-    RelayProcess::start(&[
+/// A relay whose relay ports are a range found free at run time; returns the range too.
+fn relay_with_ports() -> (RelayProcess, std::ops::RangeInclusive<u16>) {
+    let (lowest, highest) = common::free_port_range(50);
+    let relay = RelayProcess::start(&[
         "--auth-secret",
         common::SECRET,
         "--allow-loopback-peers",
         "--lowest-port",
-        "42000",
+        &lowest.to_string(),
         "--highest-port",
-        "42999",
-    ])
+        &highest.to_string(),
+    ]);
+    (relay, lowest..=highest)
+}
+
+fn relay() -> RelayProcess {
+    relay_with_ports().0
 }
 
 fn udp() -> Attribute {
@@ -81,12 +88,12 @@ fn binding_reports_the_mapped_address() {
 
 #[test]
 fn allocate_bind_and_relay_channel_data_both_ways_then_refresh_and_delete() {
-    let relay = relay();
+    let (relay, ports) = relay_with_ports();
     let (username, password) = credentials("alice");
     let mut client = Client::new(relay.addr, &username, &password);
     let relayed = allocate(&mut client);
     assert_eq!(relayed.ip(), relay.addr.ip());
-    assert!((42000..=42999).contains(&relayed.port()), "{relayed}");
+    assert!(ports.contains(&relayed.port()), "{relayed}");
 
     let peer = peer_socket();
     let peer_addr = peer.local_addr().expect("peer addr");
