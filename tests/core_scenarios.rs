@@ -2901,4 +2901,12 @@ fn stale_relay_completion_is_not_applied_to_a_reused_allocation_id() {
         })
         .collect();
     assert_eq!(relayed[1], b_v6.port());
+    // A datagram the driver read from A's socket before closing it names A: it must not
+    // reach B, whose allocation now sits in that slot and permits the same peer.
+    let peer = addr("8.8.8.50:1");
+    h.create_permission(&b, &[peer]);
+    assert!(h.peer(b_id, peer, b"for b").is_some());
+    let a_id = h.deferred[0].0;
+    assert_eq!(h.peer(a_id, peer, b"for a"), None);
+    assert_eq!(h.server.counters().peer_no_allocation, 1);
 }
