@@ -275,7 +275,8 @@ impl Server {
     ) {
         let state = self.allocations.get(allocation).map(|a| a.relay(family));
         let Some(RelaySocket::Opening { port, attempts }) = state else {
-            // The allocation went away meanwhile: don't leak the socket.
+            // The allocation went away meanwhile (the ID's generation no longer matches, even
+            // if a new allocation sits in the same slot): don't leak the socket.
             if let Ok(relay) = result {
                 self.outputs.push_back(Output::CloseRelay { relay });
             }
