@@ -1297,7 +1297,6 @@ fn refresh_updates_the_lifetime_with_a_cap() {
 }
 
 #[test]
-#[ignore = "BUG: Refresh with 0 < LIFETIME < default grants LIFETIME instead of the default (RFC 8656 7.3; requests.rs refresh())"]
 fn refresh_shorter_than_default_gets_the_default() {
     // RFC 8656 §7.3: a non-zero requested lifetime below the default is raised to the
     // default, as for Allocate.
@@ -1714,7 +1713,6 @@ fn late_timeout_expires_several_allocations_at_once() {
 }
 
 #[test]
-#[ignore = "BUG: Allocate on a 5-tuple whose allocation expired but was not yet swept by handle_timeout gets 437 (requests.rs allocate() checks by_client without expires_at)"]
 fn allocate_after_expiry_before_the_timer_fires_succeeds() {
     // DESIGN: "Fires are hints, state is the truth: an early, late or repeated
     // handle_timeout is harmless." A client whose allocation has expired must be able to
@@ -1738,6 +1736,71 @@ fn allocate_after_expiry_before_the_timer_fires_succeeds() {
         to_client(&outputs[2], c.addr).class(),
         MessageClass::SuccessResponse
     );
+}
+
+#[test]
+fn expired_but_unswept_allocation_is_gone_for_every_lookup() {
+    // The same rule for every other way to reach an allocation: by the client's 5-tuple
+    // (requests, ChannelData, Send), by its relay socket (peer data), and through the
+    // quota, the allocation limit and the port pool it holds.
+    let mut h = Harness::with_config(Config {
+        ports: 50000..=50000,
+        max_allocations_per_user: 1,
+        max_allocations: 1,
+        ..config()
+    });
+    let c = h.client("198.51.100.1:40000", "alice");
+    let old = h.allocate(&c);
+    let peer = addr("8.8.8.40:1");
+    h.channel_bind(&c, 0x4000, peer);
+    assert!(h.channel_data(c.addr, 0x4000, b"x").is_some());
+    assert!(h.peer(old.id, peer, b"y").is_some());
+    h.set_time(600);
+    // No handle_timeout yet: the allocation is still in the core's tables.
+    h.fails(&c, Harness::channel_bind_req(&c, 0x4000, peer), 437);
+    h.fails(
+        &c,
+        c.req(CREATE_PERMISSION).attr(XorPeerAddress::new(peer)),
+        437,
+    );
+    assert_eq!(h.channel_data(c.addr, 0x4000, b"x"), None);
+    assert_eq!(h.server.counters().channel_data_no_allocation, 1);
+    let (_, forward) = h.send(
+        c.addr,
+        Req::indication(SEND)
+            .attr(XorPeerAddress::new(peer))
+            .attr(Data::new(b"z".to_vec()).unwrap()),
+    );
+    assert_eq!(forward, None);
+    h.expect_nothing();
+    assert_eq!(h.server.counters().send_dropped, 1);
+    assert!(h.peer(old.id, peer, b"y").is_none());
+    assert_eq!(h.server.counters().peer_no_allocation, 1);
+    assert_eq!(h.server.allocation_count(), 1, "still unswept");
+
+    // The same user on another 5-tuple gets the only port, within quota and limit.
+    let mut other = c.clone();
+    other.addr = addr("198.51.100.1:40001");
+    h.renew(&mut other);
+    h.send(
+        other.addr,
+        other.req(ALLOCATE).attr(RequestedTransport::new(UDP)),
+    );
+    let outputs = h.drain();
+    assert_eq!(outputs.len(), 3, "{outputs:?}");
+    assert_eq!(outputs[0], Output::CloseRelay { relay: old.relay });
+    assert!(matches!(
+        outputs[1],
+        Output::OpenRelay { addr, .. } if addr.port() == 50000
+    ));
+    assert_eq!(
+        to_client(&outputs[2], other.addr).class(),
+        MessageClass::SuccessResponse
+    );
+    assert_eq!(h.server.counters().allocations_expired, 1);
+    // The old timer entry fires harmlessly.
+    assert_eq!(h.timeout(), vec![]);
+    assert_eq!(h.server.allocation_count(), 1);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1788,7 +1851,6 @@ fn unknown_comprehension_required_attribute_is_420() {
 }
 
 #[test]
-#[ignore = "BUG: unknown comprehension-required attributes are checked before authentication, so the 420 is unsigned and comes before 401 (RFC 8489 6.3.1; requests.rs handle_stun)"]
 fn unknown_attribute_in_authenticated_request_gets_signed_420() {
     // RFC 8489 §6.3.1: the unknown-attribute check comes after the authentication checks,
     // so the 420 to an authenticated request carries MESSAGE-INTEGRITY like every other
@@ -1838,7 +1900,6 @@ fn message_type(method: u16, class_bits: u16) -> u16 {
 }
 
 #[test]
-#[ignore = "BUG: stun_codec 0.4.0 Type::as_u16 garbles method bits 4-11, so responses to methods >= 0x010 carry the wrong message type (message.rs encode)"]
 fn error_response_to_a_method_above_0x00f_keeps_the_method() {
     // stun_codec 0.4.0's `Type::as_u16` shifts method bits 4-6 by 5 and 7-11 by 9 instead
     // of 1 and 2, so every message the core encodes for a method >= 0x010 has the wrong
@@ -1945,7 +2006,6 @@ fn undecodable_attribute_in_request_is_400_and_in_indication_is_dropped() {
 }
 
 #[test]
-#[ignore = "BUG: the 400 for undecodable attributes omits FINGERPRINT although the request had a valid one (requests.rs handle_stun sets requester.fingerprint only after decode succeeds)"]
 fn bad_request_mirrors_a_valid_fingerprint() {
     // The project's rule: FINGERPRINT on a response iff the request had a valid one. A
     // request whose attributes do not decode (here CHANNEL-NUMBER 0x3FFF) had a valid
@@ -2371,7 +2431,6 @@ fn even_port_reservation_fails_when_no_pair_is_free() {
 }
 
 #[test]
-#[ignore = "BUG: after AddressInUse the EVEN-PORT retry takes another even port but RESERVATION-TOKEN still names the first port + 1 (server.rs handle_relay_opened)"]
 fn even_port_reservation_follows_a_retried_port() {
     // RFC 8656 §7.2: the reserved port is the one just above the relayed port. When the
     // first even port is in use and the core retries on another, the token must still name
@@ -2403,6 +2462,40 @@ fn even_port_reservation_follows_a_retried_port() {
             .attr(ReservationToken::new(token)),
     );
     assert_eq!(b.port, port + 1, "reserved port is relayed port + 1");
+}
+
+#[test]
+fn reserved_port_in_use_is_508_not_another_port() {
+    // RFC 8656 §7.2: RESERVATION-TOKEN asks for the reserved port itself (the neighbour of an
+    // RTP port, say). If someone else holds it, another port would break the pairing: 508.
+    let mut h = Harness::new();
+    let c = h.client("198.51.100.1:40000", "alice");
+    let a = h.allocate_with(
+        &c,
+        c.req(ALLOCATE)
+            .attr(RequestedTransport::new(UDP))
+            .attr(EvenPort::new(true)),
+    );
+    let token = a.response.get::<ReservationToken>().unwrap().token();
+    let d = h.client("198.51.100.2:40000", "bob");
+    h.open_script = VecDeque::from([OpenAnswer::Err(OpenError::AddressInUse)]);
+    h.send(
+        d.addr,
+        d.req(ALLOCATE)
+            .attr(RequestedTransport::new(UDP))
+            .attr(ReservationToken::new(token)),
+    );
+    let outputs = h.drain();
+    assert_eq!(outputs.len(), 2, "{outputs:?}");
+    assert!(matches!(
+        outputs[0],
+        Output::OpenRelay { addr, .. } if addr.port() == a.port + 1
+    ));
+    let r = to_client(&outputs[1], d.addr);
+    assert_eq!(r.error_code(), Some(508));
+    assert!(r.integrity_valid(&d.key()));
+    assert_eq!(h.server.allocation_count(), 1);
+    assert_eq!(h.server.ports_in_use(), [1, 0]);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2750,7 +2843,6 @@ fn allocate_retransmitted_while_the_socket_opens_is_answered_once() {
 }
 
 #[test]
-#[ignore = "BUG (latent, needs an asynchronous driver): a late handle_relay_opened for a removed allocation is applied to a new allocation reusing the same AllocationId slot (server.rs handle_relay_opened)"]
 fn stale_relay_completion_is_not_applied_to_a_reused_allocation_id() {
     // OpenRelay/handle_relay_opened is a request and a completion. A completion for an
     // allocation that failed meanwhile must close its socket, even when a new allocation has
@@ -2782,7 +2874,9 @@ fn stale_relay_completion_is_not_applied_to_a_reused_allocation_id() {
     else {
         panic!("{outputs:?}");
     };
-    assert_eq!(b_id, h.deferred[0].0, "the slab slot was reused");
+    // Same slot, new generation: the IDs differ, which is what keeps A's completion away.
+    assert_eq!(b_id.slot, h.deferred[0].0.slot, "the slab slot was reused");
+    assert_ne!(b_id, h.deferred[0].0);
     // A's IPv6 socket opens now: it belongs to nobody and must be closed.
     let (stale, outputs) = h.complete(1, Ok(()));
     assert_eq!(
@@ -2807,4 +2901,12 @@ fn stale_relay_completion_is_not_applied_to_a_reused_allocation_id() {
         })
         .collect();
     assert_eq!(relayed[1], b_v6.port());
+    // A datagram the driver read from A's socket before closing it names A: it must not
+    // reach B, whose allocation now sits in that slot and permits the same peer.
+    let peer = addr("8.8.8.50:1");
+    h.create_permission(&b, &[peer]);
+    assert!(h.peer(b_id, peer, b"for b").is_some());
+    let a_id = h.deferred[0].0;
+    assert_eq!(h.peer(a_id, peer, b"for a"), None);
+    assert_eq!(h.server.counters().peer_no_allocation, 1);
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Client, RelayProcess, channel_data, peer_socket};
@@ -237,98 +237,36 @@ fn slow_and_malformed_http_clients_do_not_stall_the_relay() {
 
 #[test]
 fn sigterm_exits_zero_and_releases_ports() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
-        .args([
-            "--listen-addr",
-            "127.0.0.1:0",
-            "--auth-secret",
-            "x",
-            "--allow-loopback-peers",
-            "--realm",
-            common::REALM,
-        ])
-        .args([
-            "--lowest-port",
-            "46100",
-            "--highest-port",
-            "46109",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start");
-    let stderr = child.stderr.take().expect("stderr");
-    let lines = std::thread::spawn(move || {
-        use std::io::BufRead;
-        std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-    });
-    // Wait for the listener by probing with Binding requests on the logged port is not
-    // possible without the log; instead allocate through a known metrics-free path: give the
-    // relay a moment, then find its UDP port from /proc.
-    let addr = wait_for_udp_port(child.id());
+    let ports = common::free_port_range(10);
+    let (lowest, highest) = (ports.0.to_string(), ports.1.to_string());
+    let mut relay = RelayProcess::start(&[
+        "--auth-secret",
+        "x",
+        "--allow-loopback-peers",
+        "--lowest-port",
+        &lowest,
+        "--highest-port",
+        &highest,
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]);
     let (username, password) = (
         "9999999999:x".to_owned(),
         relay::core::credentials::rest_api_password(b"x", "9999999999:x"),
     );
-    let mut client = Client::new(addr, &username, &password);
+    let mut client = Client::new(relay.addr, &username, &password);
     let relayed = client
         .authenticated(ALLOCATE, vec![udp()])
         .get::<XorRelayAddress>()
         .expect("relayed")
         .address();
+    assert!((ports.0..=ports.1).contains(&relayed.port()), "{relayed}");
 
-    // SAFETY: sending a signal to our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + common::WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "relay did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = relay.terminate();
     assert!(status.success(), "exit status {status:?}");
-    let log = lines.join().expect("log").join("\n");
-    assert!(log.contains("shutting down"), "{log}");
-    UdpSocket::bind(addr).expect("listen port released");
+    relay.wait_for_log("shutting down");
+    UdpSocket::bind(relay.addr).expect("listen port released");
     UdpSocket::bind(relayed).expect("relay port released");
-}
-
-/// The UDP port a process listens on, from /proc/net/udp (bounded wait).
-fn wait_for_udp_port(pid: u32) -> SocketAddr {
-    let deadline = Instant::now() + common::WAIT;
-    while Instant::now() < deadline {
-        let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|dir| {
-                dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                    .filter_map(|l| {
-                        l.to_str()?
-                            .strip_prefix("socket:[")?
-                            .strip_suffix(']')
-                            .map(str::to_owned)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let table = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
-        for line in table.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() > 9 && inodes.iter().any(|i| i == fields[9]) {
-                let port = u16::from_str_radix(fields[1].rsplit(':').next().unwrap_or(""), 16)
-                    .unwrap_or(0);
-                return SocketAddr::from(([127, 0, 0, 1], port));
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("relay {pid} never opened a UDP socket");
 }
 
 #[test]

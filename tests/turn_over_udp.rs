@@ -5,26 +5,36 @@ mod common;
 
 use std::net::{SocketAddr, UdpSocket};
 
+use bytecodec::DecodeExt;
 use common::{Client, RelayProcess, channel_data, credentials, peer_socket};
-use relay::core::message::Attribute;
-use stun_codec::MessageClass;
+use relay::core::message::{self, Attribute};
 use stun_codec::rfc5389::attributes::XorMappedAddress;
 use stun_codec::rfc5389::methods::BINDING;
 use stun_codec::rfc5766::attributes::{
-    ChannelNumber, Lifetime, RequestedTransport, XorPeerAddress, XorRelayAddress,
+    ChannelNumber, Data, Lifetime, RequestedTransport, XorPeerAddress, XorRelayAddress,
 };
-use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND, REFRESH};
+use stun_codec::rfc5766::methods::{
+    ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND,
+};
+use stun_codec::{Message, MessageClass, MessageDecoder};
 
-fn relay() -> RelayProcess {
-    RelayProcess::start(&[
+/// A relay whose relay ports are a range found free at run time; returns the range too.
+fn relay_with_ports() -> (RelayProcess, std::ops::RangeInclusive<u16>) {
+    let (lowest, highest) = common::free_port_range(50);
+    let relay = RelayProcess::start(&[
         "--auth-secret",
         common::SECRET,
         "--allow-loopback-peers",
         "--lowest-port",
-        "42000",
+        &lowest.to_string(),
         "--highest-port",
-        "42999",
-    ])
+        &highest.to_string(),
+    ]);
+    (relay, lowest..=highest)
+}
+
+fn relay() -> RelayProcess {
+    relay_with_ports().0
 }
 
 fn udp() -> Attribute {
@@ -67,16 +77,23 @@ fn binding_reports_the_mapped_address() {
         .expect("XOR-MAPPED-ADDRESS")
         .address();
     assert_eq!(mapped, client.socket.local_addr().expect("local"));
+    // The request carried FINGERPRINT, so the response does, and it checks out.
+    let layout = relay::core::integrity::locate(&response.bytes).expect("layout");
+    let at = layout.fingerprint.expect("FINGERPRINT mirrored");
+    assert!(relay::core::integrity::verify_fingerprint(
+        &response.bytes,
+        at
+    ));
 }
 
 #[test]
 fn allocate_bind_and_relay_channel_data_both_ways_then_refresh_and_delete() {
-    let relay = relay();
+    let (relay, ports) = relay_with_ports();
     let (username, password) = credentials("alice");
     let mut client = Client::new(relay.addr, &username, &password);
     let relayed = allocate(&mut client);
     assert_eq!(relayed.ip(), relay.addr.ip());
-    assert!((42000..=42999).contains(&relayed.port()), "{relayed}");
+    assert!(ports.contains(&relayed.port()), "{relayed}");
 
     let peer = peer_socket();
     let peer_addr = peer.local_addr().expect("peer addr");
@@ -213,4 +230,68 @@ fn rewrite_with_raw_channel(
     relay::core::integrity::append_message_integrity(&mut bytes, &key);
     relay::core::integrity::append_fingerprint(&mut bytes);
     bytes
+}
+
+/// A Send indication from the client to `peer`.
+fn send_indication(client: &mut Client, peer: SocketAddr, payload: &[u8]) {
+    let id = client.transaction_id();
+    let mut indication = Message::new(MessageClass::Indication, SEND, id);
+    indication.add_attribute(Attribute::XorPeerAddress(XorPeerAddress::new(peer)));
+    indication.add_attribute(Attribute::Data(Data::new(payload.to_vec()).expect("data")));
+    let bytes = message::encode(indication, None, false);
+    client
+        .socket
+        .send_to(&bytes, client.server)
+        .expect("send indication");
+}
+
+#[test]
+fn send_and_data_indications_need_a_permission() {
+    let relay = relay();
+    let (username, password) = credentials("dave");
+    let mut client = Client::new(relay.addr, &username, &password);
+    let relayed = allocate(&mut client);
+    let permitted = peer_socket();
+    let permitted_addr = permitted.local_addr().expect("addr");
+    // Another loopback IP: a permission is per IP, and 127.0.0.1 is the permitted one.
+    let stranger = UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    let stranger_addr = stranger.local_addr().expect("addr");
+    stranger.set_nonblocking(true).expect("nonblocking");
+
+    // Before any permission, a Send is dropped: the next one, after CreatePermission, is
+    // the first datagram the peer sees.
+    send_indication(&mut client, permitted_addr, b"too early");
+    let permission = client.authenticated(
+        CREATE_PERMISSION,
+        vec![Attribute::XorPeerAddress(XorPeerAddress::new(
+            permitted_addr,
+        ))],
+    );
+    assert_eq!(permission.class(), MessageClass::SuccessResponse);
+    send_indication(&mut client, stranger_addr, b"not permitted");
+    send_indication(&mut client, permitted_addr, b"hello");
+    let mut buf = [0u8; 2048];
+    let (len, from) = permitted.recv_from(&mut buf).expect("peer receives");
+    assert_eq!((from, &buf[..len]), (relayed, &b"hello"[..]));
+    // The Send to the stranger was handled before "hello" and dropped.
+    assert!(stranger.recv_from(&mut buf).is_err(), "stranger got data");
+
+    // Peer → client without a channel: a Data indication naming the peer. The stranger's
+    // datagram, sent first on the same path, is dropped.
+    stranger.send_to(b"let me in", relayed).expect("send");
+    permitted.send_to(b"back", relayed).expect("send");
+    let datagram = client.recv_datagram();
+    let indication = MessageDecoder::<Attribute>::new()
+        .decode_from_bytes(&datagram)
+        .expect("decodes")
+        .expect("complete");
+    assert_eq!(indication.class(), MessageClass::Indication);
+    assert_eq!(indication.method(), DATA);
+    let peer = indication
+        .get_attribute::<XorPeerAddress>()
+        .expect("XOR-PEER-ADDRESS")
+        .address();
+    assert_eq!(peer, permitted_addr);
+    let data = indication.get_attribute::<Data>().expect("DATA").data();
+    assert_eq!(data, b"back");
 }

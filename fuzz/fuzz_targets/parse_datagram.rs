@@ -43,7 +43,7 @@ fn parse(data: &[u8]) {
                     let _ = message::unknown_required(&decoded.message);
                     assert_eq!(decoded.message.class(), header.class);
                 }
-                Err(DecodeError::Drop | DecodeError::BadAttributes) => {}
+                Err(DecodeError::Drop | DecodeError::BadAttributes { .. }) => {}
             }
             for kind in [0x0012, 0x0013, 0x0008, 0x8028] {
                 if let Some(range) = message::attribute_value(data, kind) {

@@ -605,8 +605,8 @@ pub struct Driver {
     pending: VecDeque<PendingOpen>,
     /// Every relay socket opened, by `RelayId` (never reused).
     pub relays: Vec<RelaySocket>,
-    /// The 5-tuple each allocation ID was last created for.
-    owners: HashMap<usize, (ListenerId, SocketAddr)>,
+    /// The 5-tuple each allocation ID was created for.
+    owners: HashMap<AllocationId, (ListenerId, SocketAddr)>,
     /// The last nonce the server gave each client address.
     nonces: HashMap<SocketAddr, String>,
     /// RESERVATION-TOKENs the server handed out.
@@ -821,7 +821,7 @@ impl Driver {
                         "OpenRelay for {addr} twice"
                     );
                     if let Some(current) = self.current {
-                        self.owners.insert(allocation.0, current);
+                        self.owners.insert(allocation, current);
                     }
                     let open = PendingOpen {
                         allocation,
@@ -910,7 +910,7 @@ impl Driver {
                     !r.closed
                         && r.family == family
                         && r.addr.port() == addr.port()
-                        && self.owners.get(&r.allocation.0) == Some(&(listener, client))
+                        && self.owners.get(&r.allocation) == Some(&(listener, client))
                 });
                 assert!(
                     bound,
@@ -1014,7 +1014,7 @@ impl Driver {
                 "Forward to a peer of the other family"
             );
             assert_eq!(
-                self.owners.get(&socket.allocation.0),
+                self.owners.get(&socket.allocation),
                 Some(&client),
                 "Forward through another client's relay"
             );
@@ -1037,7 +1037,10 @@ impl Driver {
     ) {
         let open = self.open_relays();
         let allocation = if open.is_empty() {
-            AllocationId(usize::from(relay % 4))
+            AllocationId {
+                slot: usize::from(relay % 4),
+                generation: 0,
+            }
         } else {
             open[usize::from(relay) % open.len()].1.allocation
         };
@@ -1053,7 +1056,7 @@ impl Driver {
         if let Some(deliver) = deliver {
             assert!(!short_buffer, "delivered from a buffer without tailroom");
             assert_eq!(
-                self.owners.get(&allocation.0),
+                self.owners.get(&allocation),
                 Some(&(deliver.listener, deliver.client)),
                 "delivered to another client than the allocation's"
             );
@@ -1104,7 +1107,7 @@ impl Driver {
             .relays
             .iter()
             .enumerate()
-            .filter(|(_, r)| !r.closed && self.owners.get(&r.allocation.0) == Some(&client))
+            .filter(|(_, r)| !r.closed && self.owners.get(&r.allocation) == Some(&client))
             .map(|(i, _)| i)
             .collect();
         let forward = self.client_datagram(client, &bytes);

@@ -81,8 +81,9 @@ pub struct Allocation {
     pub allocate_fingerprint: bool,
     /// DONT-FRAGMENT was requested: relay sockets send with DF set.
     pub dont_fragment: bool,
-    /// The kind of port EVEN-PORT asked for, kept for bind retries.
-    pub port_need: PortNeed,
+    /// What another port must be when a bind finds the port in use (the kind EVEN-PORT
+    /// asked for); `None` when only this port will do, as for a RESERVATION-TOKEN's.
+    pub retry_need: Option<PortNeed>,
     /// The token of the port reserved next to ours (EVEN-PORT with R), for the response.
     pub reservation: Option<u64>,
     /// Deadline of this allocation's live timer entry.
@@ -232,7 +233,7 @@ mod tests {
             allocate_response: None,
             allocate_fingerprint: false,
             dont_fragment: false,
-            port_need: PortNeed::Any,
+            retry_need: Some(PortNeed::Any),
             reservation: None,
             scheduled: None,
         }

@@ -11,9 +11,13 @@ pub struct ListenerId(pub u16);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RelayId(pub usize);
 
-/// An allocation, named by the core.
+/// An allocation, named by the core. The slot is reused after the allocation is gone; the
+/// generation is not, so a stale name never reaches a later allocation in the same slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AllocationId(pub usize);
+pub struct AllocationId {
+    pub slot: usize,
+    pub generation: u64,
+}
 
 /// Address family of a relayed address or a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

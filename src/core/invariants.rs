@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use super::allocation::{MAX_CHANNELS, MAX_PERMISSIONS, RelaySocket};
-use super::ids::{AllocationId, Family};
+use super::ids::Family;
 use super::server::Server;
 
 impl Server {
@@ -12,7 +12,7 @@ impl Server {
     pub fn invariant_violations(&self) -> Vec<String> {
         let mut broken = Vec::new();
         for (key, id) in &self.by_client {
-            match self.allocations.get(id.0) {
+            match self.allocations.get(*id) {
                 None => broken.push(format!(
                     "5-tuple {key:?} points at missing allocation {id:?}"
                 )),
@@ -49,8 +49,7 @@ impl Server {
             }
         }
         let mut relays = HashSet::new();
-        for (key, a) in &self.allocations {
-            let id = AllocationId(key);
+        for (id, a) in self.allocations.iter() {
             if a.relays.iter().all(|r| *r == RelaySocket::None) {
                 broken.push(format!("{id:?} has no relay socket"));
             }

@@ -115,6 +115,22 @@ fn stun_header(datagram: &[u8]) -> Option<Header> {
     })
 }
 
+/// The STUN message type of `class` and `method` (RFC 8489 §5): the class bits C0 and C1 sit
+/// at bits 4 and 8, between the method's bits M0-M3, M4-M6 and M7-M11.
+fn message_type(class: MessageClass, method: u16) -> u16 {
+    let class: u16 = match class {
+        MessageClass::Request => 0b00,
+        MessageClass::Indication => 0b01,
+        MessageClass::SuccessResponse => 0b10,
+        MessageClass::ErrorResponse => 0b11,
+    };
+    (method & 0x000F)
+        | ((class & 0b01) << 4)
+        | ((method & 0x0070) << 1)
+        | ((class & 0b10) << 7)
+        | ((method & 0x0F80) << 2)
+}
+
 fn be16(bytes: &[u8], at: usize) -> Option<u16> {
     let b = bytes.get(at..at + 2)?;
     Some(u16::from_be_bytes([b[0], b[1]]))
@@ -132,8 +148,9 @@ pub struct Decoded {
 pub enum DecodeError {
     /// Broken TLVs, a bad FINGERPRINT: drop silently (RFC 8489 §7.3).
     Drop,
-    /// The header is fine but an attribute is not: a request gets 400.
-    BadAttributes,
+    /// The header is fine but an attribute is not: a request gets 400, with FINGERPRINT
+    /// when the request had a valid one.
+    BadAttributes { fingerprint: bool },
 }
 
 pub fn decode(datagram: &[u8], header: Header) -> Result<Decoded, DecodeError> {
@@ -152,10 +169,13 @@ pub fn decode(datagram: &[u8], header: Header) -> Result<Decoded, DecodeError> {
     let mut head = datagram.get(..end).ok_or(DecodeError::Drop)?.to_vec();
     let length = u16::try_from(end - HEADER_LEN).map_err(|_| DecodeError::Drop)?;
     head[2..4].copy_from_slice(&length.to_be_bytes());
-    let message = MessageDecoder::<Attribute>::new()
-        .decode_from_bytes(&head)
-        .map_err(|_| DecodeError::BadAttributes)?
-        .map_err(|_| DecodeError::BadAttributes)?;
+    let bad_attributes = DecodeError::BadAttributes {
+        fingerprint: layout.fingerprint.is_some(),
+    };
+    let message = match MessageDecoder::<Attribute>::new().decode_from_bytes(&head) {
+        Ok(Ok(message)) => message,
+        Ok(Err(_)) | Err(_) => return Err(bad_attributes),
+    };
     Ok(Decoded {
         header,
         message,
@@ -175,12 +195,19 @@ pub fn unknown_required(message: &Message<Attribute>) -> Vec<u16> {
 
 /// Encodes a message, then appends MESSAGE-INTEGRITY (when a key is given) and FINGERPRINT.
 pub fn encode(message: Message<Attribute>, key: Option<&[u8]>, fingerprint: bool) -> Vec<u8> {
+    let message_type = message_type(message.class(), message.method().as_u16());
     let mut bytes = match MessageEncoder::new().encode_into_bytes(message) {
         Ok(bytes) => bytes,
         // Only attributes we built ourselves get here; an encoder failure is a bug, and an
         // empty datagram is never sent (the caller drops it).
         Err(_) => return Vec::new(),
     };
+    // stun_codec 0.4.0 places method bits 4-11 wrongly in the message type (its decoder is
+    // right): write the type ourselves, before anything that signs the header.
+    match bytes.get_mut(0..2) {
+        Some(field) => field.copy_from_slice(&message_type.to_be_bytes()),
+        None => return Vec::new(),
+    }
     if let Some(key) = key {
         integrity::append_message_integrity(&mut bytes, key);
     }
@@ -262,6 +289,34 @@ mod tests {
         bad[3] = 2;
         bad.extend_from_slice(&[0, 0]);
         assert!(matches!(classify(&bad), Framing::Malformed));
+    }
+
+    #[test]
+    fn encoded_message_type_round_trips_for_every_method_and_class() {
+        let classes = [
+            MessageClass::Request,
+            MessageClass::Indication,
+            MessageClass::SuccessResponse,
+            MessageClass::ErrorResponse,
+        ];
+        for method in 0..0x1000u16 {
+            for class in classes {
+                let header = Header {
+                    class,
+                    method,
+                    transaction_id: TransactionId::new([3; 12]),
+                };
+                let bytes = encode(new_message(class, &header), None, false);
+                assert_eq!(bytes.len(), HEADER_LEN);
+                let Framing::Stun(back) = classify(&bytes) else {
+                    panic!("{method:#05x} {class:?} is not STUN: {bytes:02x?}");
+                };
+                assert_eq!((back.class, back.method), (class, method));
+            }
+        }
+        // RFC 8489 §5's own example: a Binding success response is 0x0101.
+        assert_eq!(message_type(MessageClass::SuccessResponse, 0x001), 0x0101);
+        assert_eq!(message_type(MessageClass::ErrorResponse, 0xFFF), 0x3FFF);
     }
 
     #[test]

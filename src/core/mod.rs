@@ -2,6 +2,7 @@
 //! It never reads a clock, the OS random source or a socket.
 
 mod allocation;
+mod allocation_table;
 mod auth;
 pub mod cidr;
 pub mod config;

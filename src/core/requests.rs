@@ -62,7 +62,8 @@ impl Server {
         };
         let decoded = match message::decode(datagram, header) {
             Ok(decoded) => decoded,
-            Err(DecodeError::BadAttributes) if !is_send => {
+            Err(DecodeError::BadAttributes { fingerprint }) if !is_send => {
+                requester.fingerprint = fingerprint;
                 self.reply_unauthenticated(now, &requester, Failure::BadRequest);
                 return None;
             }
@@ -75,14 +76,17 @@ impl Server {
         if is_send {
             return self.send_indication(now, &requester, datagram, &decoded);
         }
+        // RFC 8489 §6.3.1: unknown comprehension-required attributes are looked for after
+        // the authentication checks, so Binding (never authenticated) gets its 420 here and
+        // the TURN methods a signed one once their credentials are known.
         let unknown = message::unknown_required(&decoded.message);
-        if !unknown.is_empty() {
-            self.reply_unauthenticated(now, &requester, Failure::UnknownAttributes(unknown));
-            return None;
-        }
         let method = decoded.message.method();
         if method == BINDING {
-            self.binding(&requester);
+            if unknown.is_empty() {
+                self.binding(&requester);
+            } else {
+                self.reply_unauthenticated(now, &requester, Failure::UnknownAttributes(unknown));
+            }
             return None;
         }
         if ![ALLOCATE, REFRESH, CHANNEL_BIND, CREATE_PERMISSION].contains(&method) {
@@ -96,7 +100,9 @@ impl Server {
                 return None;
             }
         };
-        let result = if method == ALLOCATE {
+        let result = if !unknown.is_empty() {
+            Err(Failure::UnknownAttributes(unknown))
+        } else if method == ALLOCATE {
             self.allocate(now, &requester, &decoded, &credentials)
         } else {
             self.on_allocation(now, &requester, &decoded, &credentials)
@@ -132,7 +138,7 @@ impl Server {
             .ok_or(Failure::AllocationMismatch)?;
         let allocation = self
             .allocations
-            .get(id.0)
+            .get(id)
             .ok_or(Failure::AllocationMismatch)?;
         if now.instant >= allocation.expires_at || !allocation.is_open() {
             return Err(Failure::AllocationMismatch);
@@ -159,10 +165,14 @@ impl Server {
         credentials: &Credentials,
     ) -> Result<Option<Vec<Attribute>>, Failure> {
         let message = &request.message;
-        if let Some(id) = self.by_client.get(&(requester.listener, requester.client)) {
+        // Fires are hints, state is the truth: what has expired by now is gone even if its
+        // timer has not fired yet, so that the 5-tuple, the quotas and the port pool below
+        // are judged on live allocations only.
+        self.expire_due(now.instant);
+        if let Some(&id) = self.by_client.get(&(requester.listener, requester.client)) {
             let existing = self
                 .allocations
-                .get(id.0)
+                .get(id)
                 .ok_or(Failure::AllocationMismatch)?;
             if existing.allocate_transaction != requester.header.transaction_id {
                 return Err(Failure::AllocationMismatch);
@@ -206,7 +216,7 @@ impl Server {
             Some(_) if reserves => PortNeed::EvenPair,
             Some(_) => PortNeed::Even,
         };
-        let lifetime = self.allocate_lifetime(message.get_attribute::<Lifetime>());
+        let lifetime = self.granted_lifetime(message.get_attribute::<Lifetime>());
         let ports = match token {
             Some(token) => self.claim_reservation(token, families[0], now)?,
             None => self.take_ports(&families, need)?,
@@ -217,7 +227,7 @@ impl Server {
             Some(port) => RelaySocket::Opening { port, attempts: 1 },
             None => RelaySocket::None,
         });
-        let id = AllocationId(self.allocations.insert(Allocation {
+        let id = self.allocations.insert(Allocation {
             listener: requester.listener,
             client: requester.client,
             username: credentials.username.clone(),
@@ -230,15 +240,10 @@ impl Server {
             allocate_response: None,
             allocate_fingerprint: requester.fingerprint,
             dont_fragment: message.get_attribute::<DontFragment>().is_some(),
-            // A retry after a failed bind needs an even port, but no longer the pair.
-            port_need: if need == PortNeed::Any {
-                need
-            } else {
-                PortNeed::Even
-            },
+            retry_need: token.is_none().then_some(need),
             reservation,
             scheduled: None,
-        }));
+        });
         self.by_client
             .insert((requester.listener, requester.client), id);
         *self.user_allocations.entry(user.to_owned()).or_insert(0) += 1;
@@ -316,6 +321,28 @@ impl Server {
         token
     }
 
+    /// Another port for a relay socket whose port was in use, of the same kind. With
+    /// EVEN-PORT's R bit the reservation moves along: the reserved port is always the relayed
+    /// port + 1 (RFC 8656 §7.2).
+    pub(super) fn retry_port(&mut self, id: AllocationId, family: Family) -> Option<u16> {
+        let allocation = self.allocations.get(id)?;
+        let (need, token) = (allocation.retry_need?, allocation.reservation);
+        let port = self.ports[family.index()].take(&mut self.rng, need)?;
+        if let (PortNeed::EvenPair, Some(token)) = (need, token)
+            && let Some(reservation) = self.reservations.get_mut(&token)
+        {
+            let pool = &mut self.ports[reservation.family.index()];
+            // An `EvenPair` pick is an even port whose successor is free and in range.
+            if let Some(next) = port.checked_add(1)
+                && pool.take_exact(next)
+            {
+                pool.release(reservation.port);
+                reservation.port = next;
+            }
+        }
+        Some(port)
+    }
+
     /// Gives a reservation back to the pool (its allocation failed).
     fn cancel_reservation(&mut self, token: u64) {
         if let Some(reservation) = self.reservations.remove(&token) {
@@ -349,16 +376,17 @@ impl Server {
         Ok(families)
     }
 
-    fn allocate_lifetime(&self, requested: Option<&Lifetime>) -> Duration {
+    /// The lifetime an Allocate or a non-zero Refresh gets (RFC 8656 §7.2, §7.3): the
+    /// request capped at the maximum, and never shorter than the default.
+    fn granted_lifetime(&self, requested: Option<&Lifetime>) -> Duration {
         let limits = self.config.lifetimes;
         let requested = requested.map_or(limits.allocation_default, |l| l.lifetime());
-        // RFC 8656 §7.2: a shorter request than the default gets the default.
         requested.clamp(limits.allocation_default, limits.allocation_max)
     }
 
     /// Called once every relay socket of a new allocation is bound.
     pub(super) fn finish_allocate(&mut self, now: Now, id: AllocationId) {
-        let Some(allocation) = self.allocations.get(id.0) else {
+        let Some(allocation) = self.allocations.get(id) else {
             return;
         };
         let mut attributes = Vec::with_capacity(4);
@@ -385,7 +413,7 @@ impl Server {
             response.add_attribute(attribute);
         }
         let bytes = message::encode(response, Some(&allocation.key), requester.fingerprint);
-        if let Some(allocation) = self.allocations.get_mut(id.0) {
+        if let Some(allocation) = self.allocations.get_mut(id) {
             allocation.allocate_response = Some(bytes.clone());
         }
         self.counters.allocations_created += 1;
@@ -396,7 +424,7 @@ impl Server {
 
     /// Gives up on a new allocation (no relay socket could be bound): 508.
     pub(super) fn fail_allocate(&mut self, id: AllocationId) {
-        let Some(allocation) = self.allocations.get(id.0) else {
+        let Some(allocation) = self.allocations.get(id) else {
             return;
         };
         let requester = self.allocate_requester(allocation);
@@ -428,24 +456,21 @@ impl Server {
         request: &Decoded,
     ) -> Result<Vec<Attribute>, Failure> {
         let message = &request.message;
-        let limits = self.config.lifetimes;
+        let requested = message.get_attribute::<Lifetime>();
+        let lifetime = self.granted_lifetime(requested);
         let allocation = self
             .allocations
-            .get_mut(id.0)
+            .get_mut(id)
             .ok_or(Failure::AllocationMismatch)?;
         if let Some(family) = message.get_attribute::<RequestedAddressFamily>()
             && !allocation.has_family(family_of(family.address_family()))
         {
             return Err(Failure::PeerAddressFamilyMismatch);
         }
-        let requested = message
-            .get_attribute::<Lifetime>()
-            .map_or(limits.allocation_default, |l| l.lifetime());
-        if requested.is_zero() {
+        if requested.is_some_and(|l| l.lifetime().is_zero()) {
             self.remove_allocation(id);
             return Ok(vec![lifetime_attribute(Duration::ZERO)]);
         }
-        let lifetime = requested.min(limits.allocation_max);
         allocation.expires_at = now.instant + lifetime;
         self.schedule(id);
         Ok(vec![lifetime_attribute(lifetime)])
@@ -469,7 +494,7 @@ impl Server {
         let limits = self.config.lifetimes;
         let allocation = self
             .allocations
-            .get_mut(id.0)
+            .get_mut(id)
             .ok_or(Failure::AllocationMismatch)?;
         if !allocation.can_permit_all(&[peer.ip()], now.instant) {
             return Err(Failure::InsufficientCapacity);
@@ -515,7 +540,7 @@ impl Server {
         let lifetime = self.config.lifetimes.permission;
         let allocation = self
             .allocations
-            .get_mut(id.0)
+            .get_mut(id)
             .ok_or(Failure::AllocationMismatch)?;
         if !allocation.can_permit_all(&ips, now.instant) {
             return Err(Failure::InsufficientCapacity);
@@ -536,7 +561,7 @@ impl Server {
     ) -> Result<(), Failure> {
         let allocation = self
             .allocations
-            .get(id.0)
+            .get(id)
             .ok_or(Failure::AllocationMismatch)?;
         if !allocation.has_family(Family::of_addr(peer)) {
             return Err(Failure::PeerAddressFamilyMismatch);

@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Instant;
 
-use slab::Slab;
 use stun_codec::MessageClass;
 
 use super::allocation::{Allocation, RelaySocket};
+use super::allocation_table::AllocationTable;
 use super::config::Config;
 use super::counters::{Counters, Gauges};
 use super::credentials::NonceKey;
@@ -87,7 +87,7 @@ pub(super) struct Reservation {
 pub struct Server {
     pub(super) config: Config,
     pub(super) policy: PeerPolicy,
-    pub(super) allocations: Slab<Allocation>,
+    pub(super) allocations: AllocationTable,
     pub(super) by_client: HashMap<(ListenerId, SocketAddr), AllocationId, SeededState>,
     pub(super) ports: [PortPool; 2],
     pub(super) timers: Timers,
@@ -138,7 +138,7 @@ impl Server {
                 config.ports.clone(),
             ),
             config,
-            allocations: Slab::new(),
+            allocations: AllocationTable::default(),
             by_client: HashMap::with_hasher(SeededState::new(hash_key)),
             reservations: HashMap::with_hasher(SeededState::new(hash_key)),
             user_allocations: HashMap::with_hasher(SeededState::new(hash_key)),
@@ -214,7 +214,7 @@ impl Server {
     ) -> Option<&Allocation> {
         let id = self.by_client.get(&(listener, client))?;
         self.allocations
-            .get(id.0)
+            .get(*id)
             .filter(|a| now < a.expires_at && a.is_open())
     }
 
@@ -231,7 +231,7 @@ impl Server {
         let now = now.instant;
         let Some(a) = self
             .allocations
-            .get(allocation.0)
+            .get(allocation)
             .filter(|a| now < a.expires_at)
         else {
             self.counters.peer_no_allocation += 1;
@@ -273,9 +273,10 @@ impl Server {
         family: Family,
         result: Result<RelayId, OpenError>,
     ) {
-        let state = self.allocations.get(allocation.0).map(|a| a.relay(family));
+        let state = self.allocations.get(allocation).map(|a| a.relay(family));
         let Some(RelaySocket::Opening { port, attempts }) = state else {
-            // The allocation went away meanwhile: don't leak the socket.
+            // The allocation went away meanwhile (the ID's generation no longer matches, even
+            // if a new allocation sits in the same slot): don't leak the socket.
             if let Ok(relay) = result {
                 self.outputs.push_back(Output::CloseRelay { relay });
             }
@@ -286,7 +287,7 @@ impl Server {
                 self.set_relay(allocation, family, RelaySocket::Open { relay, port });
                 if self
                     .allocations
-                    .get(allocation.0)
+                    .get(allocation)
                     .is_some_and(|a| a.is_open())
                 {
                     self.finish_allocate(now, allocation);
@@ -296,8 +297,7 @@ impl Server {
                 self.counters.relay_open_failed += 1;
                 let retry = match error {
                     OpenError::AddressInUse if attempts < MAX_BIND_ATTEMPTS => {
-                        let need = self.allocations.get(allocation.0).map(|a| a.port_need);
-                        need.and_then(|need| self.ports[family.index()].take(&mut self.rng, need))
+                        self.retry_port(allocation, family)
                     }
                     _ => None,
                 };
@@ -325,7 +325,7 @@ impl Server {
     }
 
     fn set_relay(&mut self, allocation: AllocationId, family: Family, state: RelaySocket) {
-        if let Some(a) = self.allocations.get_mut(allocation.0) {
+        if let Some(a) = self.allocations.get_mut(allocation) {
             a.relays[family.index()] = state;
         }
     }
@@ -333,7 +333,7 @@ impl Server {
     pub(super) fn request_relay(&mut self, allocation: AllocationId, family: Family, port: u16) {
         let dont_fragment = self
             .allocations
-            .get(allocation.0)
+            .get(allocation)
             .is_some_and(|a| a.dont_fragment);
         if let Some(relay_address) = self.config.relay_address(family) {
             self.outputs.push_back(Output::OpenRelay {
@@ -347,7 +347,13 @@ impl Server {
 
     /// Expires what is due. Early, late or repeated calls are harmless.
     pub fn handle_timeout(&mut self, now: Now) {
-        let now = now.instant;
+        self.expire_due(now.instant);
+    }
+
+    /// Removes every allocation, permission, channel and reservation whose time is over at
+    /// `now`. Also called before decisions that count live state (Allocate), since the
+    /// driver's timeout may come later than the deadline.
+    pub(super) fn expire_due(&mut self, now: Instant) {
         while let Some((at, due)) = self.timers.pop_due(now) {
             let id = match due {
                 Due::Allocation(id) => id,
@@ -356,7 +362,7 @@ impl Server {
                     continue;
                 }
             };
-            let Some(allocation) = self.allocations.get_mut(id.0) else {
+            let Some(allocation) = self.allocations.get_mut(id) else {
                 continue;
             };
             if allocation.scheduled != Some(at) {
@@ -384,7 +390,7 @@ impl Server {
 
     /// Makes sure the timer fires no later than the allocation's next deadline.
     pub(super) fn schedule(&mut self, id: AllocationId) {
-        let Some(allocation) = self.allocations.get_mut(id.0) else {
+        let Some(allocation) = self.allocations.get_mut(id) else {
             return;
         };
         let deadline = allocation.next_deadline();
@@ -396,7 +402,7 @@ impl Server {
 
     /// Deletes an allocation: its relay sockets are closed and its ports return to the pool.
     pub(super) fn remove_allocation(&mut self, id: AllocationId) {
-        let Some(allocation) = self.allocations.try_remove(id.0) else {
+        let Some(allocation) = self.allocations.remove(id) else {
             return;
         };
         self.by_client
@@ -439,7 +445,7 @@ impl Server {
     /// Totals by family, for metrics. O(allocations): call per scrape, not per packet.
     pub fn gauges(&self, now: Instant) -> Gauges {
         let mut gauges = Gauges::default();
-        for (_, allocation) in &self.allocations {
+        for (_, allocation) in self.allocations.iter() {
             for family in Family::ALL {
                 if allocation.has_family(family) {
                     gauges.allocations[family.index()] += 1;

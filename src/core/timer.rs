@@ -53,7 +53,10 @@ mod tests {
         let mut timers = Timers::default();
         timers.schedule(
             t0 + Duration::from_secs(20),
-            Due::Allocation(AllocationId(2)),
+            Due::Allocation(AllocationId {
+                slot: 2,
+                generation: 0,
+            }),
         );
         timers.schedule(t0 + Duration::from_secs(10), Due::Reservation(1));
         assert_eq!(timers.next_deadline(), Some(t0 + Duration::from_secs(10)));
@@ -62,7 +65,10 @@ mod tests {
         assert_eq!(timers.pop_due(due).map(|e| e.1), Some(Due::Reservation(1)));
         assert_eq!(
             timers.pop_due(due).map(|e| e.1),
-            Some(Due::Allocation(AllocationId(2)))
+            Some(Due::Allocation(AllocationId {
+                slot: 2,
+                generation: 0
+            }))
         );
         assert_eq!(timers.pop_due(due), None);
         assert_eq!(timers.next_deadline(), None);

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -87,6 +87,26 @@ impl RelayProcess {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status. If the relay does not exit in
+    /// time the test fails, and `Drop` still kills it.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill(2) with our own child's pid; it is not reaped before this returns.
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(sent, 0, "kill(SIGTERM)");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the relay") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "relay did not exit within {WAIT:?} after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 impl Drop for RelayProcess {
@@ -101,6 +121,34 @@ fn parse_listen_addr(line: &str) -> SocketAddr {
     let rest = &line[start..];
     let end = rest.find([']', ',']).expect("end of address");
     rest[..end].parse().expect("listen address")
+}
+
+/// `len` consecutive UDP ports free on 127.0.0.1 now, for `--lowest-port`/`--highest-port`.
+/// Picked below the kernel's ephemeral range, so no port-0 bind anywhere takes one of them
+/// meanwhile; the start differs per process so that parallel test binaries rarely meet.
+pub fn free_port_range(len: u16) -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (floor, ceiling) = (10_000u16, ephemeral_low.clamp(10_000 + 2 * len, 32768));
+    let span = u32::from(ceiling - floor - len);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let seed = std::process::id() ^ nanos;
+    for attempt in 0..200u32 {
+        let offset = (seed.wrapping_add(attempt.wrapping_mul(7919))) % span;
+        let lowest = floor + u16::try_from(offset).expect("offset below span");
+        let highest = lowest + len - 1;
+        let held: Vec<UdpSocket> = (lowest..=highest)
+            .map_while(|port| UdpSocket::bind(("127.0.0.1", port)).ok())
+            .collect();
+        if held.len() == usize::from(len) {
+            return (lowest, highest);
+        }
+    }
+    panic!("no {len} consecutive free UDP ports below {ceiling}");
 }
 
 /// REST API credentials valid for an hour.
