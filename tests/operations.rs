@@ -484,6 +484,8 @@ fn metrics_count_data_indications_unpermitted_peers_and_process_figures() {
     assert_eq!(indication[..2], [0x00, 0x17], "a Data indication");
 
     let (_, scrape) = http_get(metrics, "/metrics");
+    assert_eq!(metric(&scrape, "relay_permissions{family=\"ipv4\"}"), 1);
+    assert_eq!(metric(&scrape, "relay_channels{family=\"ipv4\"}"), 0);
     assert_eq!(
         metric(&scrape, "relay_drops_total{reason=\"peer_no_permission\"}"),
         1
