@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::process::{Command, Output};
 
 use common::{Client, RelayProcess};
@@ -112,4 +113,113 @@ fn environment_variables_configure_the_relay() {
     let output = run(&[], &[("RELAY_LISTEN_ADDR", "127.0.0.1:1,bogus")]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("bogus"));
+}
+
+/// Long flags of a `--help` text with the environment variable each names, if any. Only the
+/// option column counts (descriptions may mention other flags); --help/--version are clap's.
+fn help_flags(help: &str) -> BTreeMap<String, Option<String>> {
+    let mut flags = BTreeMap::new();
+    let mut current = None;
+    for line in help.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('-') {
+            let spec = trimmed.split("  ").next().unwrap_or(trimmed);
+            current = spec
+                .split([' ', ','])
+                .find(|word| word.starts_with("--"))
+                .map(str::to_owned);
+            if let Some(flag) = &current {
+                flags.insert(flag.clone(), None);
+            }
+        } else if trimmed.is_empty() || !line.starts_with(' ') {
+            current = None;
+        }
+        if let (Some(flag), Some(at)) = (&current, line.find("[env: ")) {
+            let env: String = line[at + "[env: ".len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            flags.insert(flag.clone(), Some(env));
+        }
+    }
+    flags.remove("--help");
+    flags.remove("--version");
+    flags
+}
+
+/// The flag table under `heading` in README.md: each row's flags (first column) with the
+/// environment variable of its second column, if any.
+fn readme_flags(heading: &str) -> BTreeMap<String, Option<String>> {
+    let readme = include_str!("../README.md");
+    let section = readme
+        .split_once(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("README has no {heading:?}"))
+        .1;
+    let mut flags = BTreeMap::new();
+    for line in section.lines().take_while(|l| !l.starts_with('#')) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() < 3 || !cells[1].starts_with("`--") {
+            continue;
+        }
+        let env = cells[2]
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .find(|w| w.starts_with("RELAY_"))
+            .map(str::to_owned);
+        for word in cells[1].split(|c: char| c == '`' || c.is_whitespace()) {
+            if let Some(name) = word.strip_prefix("--")
+                && !name.is_empty()
+            {
+                flags.insert(format!("--{name}"), env.clone());
+            }
+        }
+    }
+    assert!(!flags.is_empty(), "no flag table under {heading:?}");
+    flags
+}
+
+fn assert_same_flags(readme: &BTreeMap<String, Option<String>>, help: &str, what: &str) {
+    let help = help_flags(help);
+    let missing: Vec<_> = help.keys().filter(|f| !readme.contains_key(*f)).collect();
+    let stale: Vec<_> = readme.keys().filter(|f| !help.contains_key(*f)).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "{what}: README lacks {missing:?}; README has {stale:?} which --help does not"
+    );
+    for (flag, env) in &help {
+        assert_eq!(
+            &readme[flag], env,
+            "{what}: {flag}'s environment variable differs between README and --help"
+        );
+    }
+}
+
+#[test]
+fn readme_flag_tables_match_help() {
+    let output = run(&["--help"], &[]);
+    assert!(output.status.success());
+    assert_same_flags(
+        &readme_flags("## Flags"),
+        &String::from_utf8_lossy(&output.stdout),
+        "relay --help",
+    );
+    let output = run(&["credentials", "--help"], &[]);
+    assert!(output.status.success());
+    assert_same_flags(
+        &readme_flags("### `relay credentials`"),
+        &String::from_utf8_lossy(&output.stdout),
+        "relay credentials --help",
+    );
+}
+
+#[test]
+fn help_parser_sees_flags_only_in_the_option_column() {
+    let help = "Options:\n      --alpha <A>  Mentions --beta in its text [env: RELAY_ALPHA=]\n      --gamma      Flag [env: RELAY_GAMMA]\n  -h, --help   Print help\n";
+    let flags = help_flags(help);
+    assert_eq!(
+        flags.into_iter().collect::<Vec<_>>(),
+        vec![
+            ("--alpha".to_owned(), Some("RELAY_ALPHA".to_owned())),
+            ("--gamma".to_owned(), Some("RELAY_GAMMA".to_owned())),
+        ]
+    );
 }

@@ -13,9 +13,9 @@ use relay::core::message::Attribute;
 use stun_codec::MessageClass;
 use stun_codec::rfc5389::methods::BINDING;
 use stun_codec::rfc5766::attributes::{
-    ChannelNumber, RequestedTransport, XorPeerAddress, XorRelayAddress,
+    ChannelNumber, Lifetime, RequestedTransport, XorPeerAddress, XorRelayAddress,
 };
-use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND};
+use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH};
 
 fn udp() -> Attribute {
     Attribute::RequestedTransport(RequestedTransport::new(17))
@@ -340,4 +340,274 @@ fn credentials_subcommand_prints_text_and_rejects_bad_input() {
         .expect("run");
     assert!(!failed.status.success());
     assert!(String::from_utf8_lossy(&failed.stderr).contains("--auth-secret"));
+}
+
+/// Where a relay started by `RelayProcess` serves its metrics (from its start-up log).
+fn logged_metrics_address(relay: &mut RelayProcess) -> SocketAddr {
+    let line = relay.wait_for_log("metrics on http://");
+    let start = line.find("http://").expect("url") + "http://".len();
+    let end = start + line[start..].find('/').expect("path");
+    line[start..end].parse().expect("metrics address")
+}
+
+#[test]
+fn health_turns_503_while_no_relay_port_is_free() {
+    // One relay port and an IPv4-only listener: one allocation uses up all capacity.
+    let mut relay = RelayProcess::start(&[
+        "--auth-secret",
+        common::SECRET,
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--lowest-port",
+        "46200",
+        "--highest-port",
+        "46200",
+    ]);
+    let metrics = logged_metrics_address(&mut relay);
+    assert_eq!(http_get(metrics, "/healthz"), (200, "ok\n".to_owned()));
+
+    let (username, password) = common::credentials("health");
+    let mut client = Client::new(relay.addr, &username, &password);
+    let allocated = client.authenticated(ALLOCATE, vec![udp()]);
+    assert_eq!(allocated.class(), MessageClass::SuccessResponse);
+    let (status, body) = http_get(metrics, "/healthz");
+    assert_eq!(status, 503, "{body}");
+    let (_, scrape) = http_get(metrics, "/metrics");
+    assert_eq!(
+        metric(&scrape, "relay_relay_ports{family=\"ipv4\",state=\"free\"}"),
+        0
+    );
+
+    // Deleting the allocation (Refresh with LIFETIME 0) frees the port: healthy again.
+    let deleted = client.authenticated(
+        REFRESH,
+        vec![Attribute::Lifetime(
+            Lifetime::new(Duration::ZERO).expect("lifetime"),
+        )],
+    );
+    assert_eq!(deleted.class(), MessageClass::SuccessResponse);
+    assert_eq!(http_get(metrics, "/healthz").0, 200);
+}
+
+#[test]
+fn metrics_count_data_indications_unpermitted_peers_and_process_figures() {
+    let (relay, metrics) = relay_with_metrics(&["--auth-secret", common::SECRET]);
+    let (username, password) = common::credentials("indications");
+    let mut client = Client::new(relay.addr, &username, &password);
+    let relayed = client
+        .authenticated(ALLOCATE, vec![udp()])
+        .get::<XorRelayAddress>()
+        .expect("relayed")
+        .address();
+    let peer = peer_socket();
+    let peer_addr = peer.local_addr().expect("peer");
+
+    // Before any permission, the peer's datagrams are dropped and counted. (The relay reads
+    // its listen socket before relay sockets in one loop turn: wait for the count before
+    // creating the permission.)
+    peer.send_to(&[9; 40], relayed).expect("send");
+    wait_for_metric(
+        metrics,
+        "relay_drops_total{reason=\"peer_no_permission\"}",
+        1,
+    );
+    let permitted = client.authenticated(
+        CREATE_PERMISSION,
+        vec![Attribute::XorPeerAddress(XorPeerAddress::new(peer_addr))],
+    );
+    assert_eq!(permitted.class(), MessageClass::SuccessResponse);
+    // With a permission but no channel, they reach the client as Data indications.
+    peer.send_to(&[8; 30], relayed).expect("send");
+    let indication = client.recv_datagram();
+    assert_eq!(indication[..2], [0x00, 0x17], "a Data indication");
+
+    let (_, scrape) = http_get(metrics, "/metrics");
+    assert_eq!(metric(&scrape, "relay_permissions{family=\"ipv4\"}"), 1);
+    assert_eq!(metric(&scrape, "relay_channels{family=\"ipv4\"}"), 0);
+    assert_eq!(
+        metric(&scrape, "relay_drops_total{reason=\"peer_no_permission\"}"),
+        1
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "relay_packets_relayed_total{direction=\"peer_to_client\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "relay_bytes_relayed_total{direction=\"peer_to_client\"}"
+        ),
+        30
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "relay_responses_total{method=\"create_permission\",code=\"200\"}"
+        ),
+        1
+    );
+    // Successes are exported from the start, so rate() sees the first one.
+    assert_eq!(
+        metric(
+            &scrape,
+            "relay_responses_total{method=\"refresh\",code=\"200\"}"
+        ),
+        0
+    );
+    let rss = metric(&scrape, "process_resident_memory_bytes");
+    assert!((100_000..1_000_000_000).contains(&rss), "RSS {rss}");
+    assert!(metric(&scrape, "process_max_fds") >= 64);
+    assert_exposition_format(&scrape);
+}
+
+/// Scrapes until `series` has `value` (bounded wait).
+fn wait_for_metric(metrics: SocketAddr, series: &str, value: u64) {
+    let deadline = Instant::now() + common::WAIT;
+    loop {
+        let (_, scrape) = http_get(metrics, "/metrics");
+        if metric(&scrape, series) == value {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{series} never reached {value}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Every sample belongs to a family declared once with # HELP and # TYPE before it, and
+/// every value is a number: what Prometheus' text parser requires.
+fn assert_exposition_format(scrape: &str) {
+    let mut declared: Vec<&str> = Vec::new();
+    for line in scrape.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut words = rest.split(' ');
+            let name = words.next().expect("name");
+            assert!(matches!(words.next(), Some("counter" | "gauge")), "{line}");
+            assert!(!declared.contains(&name), "{name} declared twice");
+            declared.push(name);
+        } else if line.starts_with("# HELP ") {
+        } else {
+            let name_end = line.find(['{', ' ']).expect("sample name");
+            let name = &line[..name_end];
+            assert!(declared.contains(&name), "{name} has no # TYPE");
+            let value = line.rsplit(' ').next().expect("value");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+    assert!(scrape.ends_with('\n'));
+}
+
+/// A relay this test spawned itself, to see its exit status; killed and reaped on drop.
+struct Spawned {
+    child: std::process::Child,
+    logs: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Spawned {
+    fn start(args: &[&str]) -> Spawned {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start relay");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, logs) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Spawned { child, logs }
+    }
+
+    /// The next log line containing `needle` (bounded wait).
+    fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + common::WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .logs
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("relay never logged {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    /// Waits (bounded) for the process to exit.
+    fn wait_for_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "relay did not exit in {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+#[test]
+fn sigint_exits_zero_and_releases_every_port() {
+    let mut relay = Spawned::start(&[
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--auth-secret",
+        common::SECRET,
+        "--realm",
+        common::REALM,
+        "--lowest-port",
+        "46300",
+        "--highest-port",
+        "46309",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]);
+    let listening = relay.wait_for_log("listening on [");
+    let start = listening.find("listening on [").expect("line") + "listening on [".len();
+    let end = start + listening[start..].find([']', ',']).expect("end");
+    let addr: SocketAddr = listening[start..end].parse().expect("listen address");
+    let metrics_line = relay.wait_for_log("metrics on http://");
+    let start = metrics_line.find("http://").expect("url") + "http://".len();
+    let end = start + metrics_line[start..].find('/').expect("path");
+    let metrics: SocketAddr = metrics_line[start..end].parse().expect("metrics address");
+
+    let (username, password) = common::credentials("sigint");
+    let mut client = Client::new(addr, &username, &password);
+    let relayed = client
+        .authenticated(ALLOCATE, vec![udp()])
+        .get::<XorRelayAddress>()
+        .expect("relayed")
+        .address();
+
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(relay.child.id() as i32, libc::SIGINT) };
+    let status = relay.wait_for_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "exit status {status:?}");
+    relay.wait_for_log("shutting down, closing 1 allocations");
+    relay.wait_for_log("stopped");
+    UdpSocket::bind(addr).expect("listen port released");
+    UdpSocket::bind(relayed).expect("relay port released");
+    std::net::TcpListener::bind(metrics).expect("metrics port released");
 }

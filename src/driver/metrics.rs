@@ -122,7 +122,9 @@ pub fn render(s: &Snapshot) -> String {
     for (m, (_, method)) in RESPONSE_METHODS.iter().enumerate() {
         for (k, code) in RESPONSE_CODES.iter().enumerate() {
             let value = c.responses[m][k];
-            if value > 0 {
+            // Successes always appear, so a rate() over them starts at the first answer;
+            // the (many) method × error pairs appear once they happen.
+            if value > 0 || *code == 200 {
                 let _ = writeln!(
                     out,
                     "relay_responses_total{{method=\"{method}\",code=\"{code}\"}} {value}"
@@ -171,7 +173,44 @@ pub fn render(s: &Snapshot) -> String {
         "Start time of the process since the Unix epoch.",
     );
     let _ = writeln!(out, "process_start_time_seconds {}", s.start_time_unix);
+    if let Some(bytes) = resident_memory_bytes() {
+        header(
+            &mut out,
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+        );
+        let _ = writeln!(out, "process_resident_memory_bytes {bytes}");
+    }
+    if let Some(limit) = max_fds() {
+        header(
+            &mut out,
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors (each relay socket holds one).",
+        );
+        let _ = writeln!(out, "process_max_fds {limit}");
+    }
     out
+}
+
+/// Resident set size from /proc/self/statm (its second field, in pages).
+fn resident_memory_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+    Some(pages * page_size)
+}
+
+/// The soft RLIMIT_NOFILE in force (start-up raised it to the hard limit).
+fn max_fds() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur)
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
