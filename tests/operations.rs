@@ -22,21 +22,20 @@ fn udp() -> Attribute {
 }
 
 fn relay_with_metrics(extra: &[&str]) -> (RelayProcess, SocketAddr) {
+    let ports = common::free_port_range(100);
+    let (lowest, highest) = (ports.0.to_string(), ports.1.to_string());
     let mut args = vec![
         "--metrics-addr",
         "127.0.0.1:0",
         "--allow-loopback-peers",
         "--lowest-port",
-        "46000",
+        &lowest,
         "--highest-port",
-        "46099",
+        &highest,
     ];
     args.extend_from_slice(extra);
     let mut relay = RelayProcess::start(&args);
-    let line = relay.wait_for_log("metrics on http://");
-    let start = line.find("http://").expect("url") + "http://".len();
-    let end = start + line[start..].find('/').expect("path");
-    let addr = line[start..end].parse().expect("metrics address");
+    let addr = relay.metrics_addr();
     (relay, addr)
 }
 
@@ -342,28 +341,21 @@ fn credentials_subcommand_prints_text_and_rejects_bad_input() {
     assert!(String::from_utf8_lossy(&failed.stderr).contains("--auth-secret"));
 }
 
-/// Where a relay started by `RelayProcess` serves its metrics (from its start-up log).
-fn logged_metrics_address(relay: &mut RelayProcess) -> SocketAddr {
-    let line = relay.wait_for_log("metrics on http://");
-    let start = line.find("http://").expect("url") + "http://".len();
-    let end = start + line[start..].find('/').expect("path");
-    line[start..end].parse().expect("metrics address")
-}
-
 #[test]
 fn health_turns_503_while_no_relay_port_is_free() {
     // One relay port and an IPv4-only listener: one allocation uses up all capacity.
+    let port = common::free_port_range(1).0.to_string();
     let mut relay = RelayProcess::start(&[
         "--auth-secret",
         common::SECRET,
         "--metrics-addr",
         "127.0.0.1:0",
         "--lowest-port",
-        "46200",
+        &port,
         "--highest-port",
-        "46200",
+        &port,
     ]);
-    let metrics = logged_metrics_address(&mut relay);
+    let metrics = relay.metrics_addr();
     assert_eq!(http_get(metrics, "/healthz"), (200, "ok\n".to_owned()));
 
     let (username, password) = common::credentials("health");
@@ -499,115 +491,34 @@ fn assert_exposition_format(scrape: &str) {
     assert!(scrape.ends_with('\n'));
 }
 
-/// A relay this test spawned itself, to see its exit status; killed and reaped on drop.
-struct Spawned {
-    child: std::process::Child,
-    logs: std::sync::mpsc::Receiver<String>,
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Spawned {
-    fn start(args: &[&str]) -> Spawned {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start relay");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, logs) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Spawned { child, logs }
-    }
-
-    /// The next log line containing `needle` (bounded wait).
-    fn wait_for_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + common::WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .logs
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("relay never logged {needle:?}"));
-            if line.contains(needle) {
-                return line;
-            }
-        }
-    }
-
-    /// Waits (bounded) for the process to exit.
-    fn wait_for_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "relay did not exit in {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
 #[test]
 fn sigint_exits_zero_and_releases_every_port() {
-    let mut relay = Spawned::start(&[
-        "--listen-addr",
-        "127.0.0.1:0",
+    let ports = common::free_port_range(10);
+    let (lowest, highest) = (ports.0.to_string(), ports.1.to_string());
+    let mut relay = RelayProcess::start(&[
         "--auth-secret",
         common::SECRET,
-        "--realm",
-        common::REALM,
         "--lowest-port",
-        "46300",
+        &lowest,
         "--highest-port",
-        "46309",
+        &highest,
         "--metrics-addr",
         "127.0.0.1:0",
     ]);
-    let listening = relay.wait_for_log("listening on [");
-    let start = listening.find("listening on [").expect("line") + "listening on [".len();
-    let end = start + listening[start..].find([']', ',']).expect("end");
-    let addr: SocketAddr = listening[start..end].parse().expect("listen address");
-    let metrics_line = relay.wait_for_log("metrics on http://");
-    let start = metrics_line.find("http://").expect("url") + "http://".len();
-    let end = start + metrics_line[start..].find('/').expect("path");
-    let metrics: SocketAddr = metrics_line[start..end].parse().expect("metrics address");
-
+    let metrics = relay.metrics_addr();
     let (username, password) = common::credentials("sigint");
-    let mut client = Client::new(addr, &username, &password);
+    let mut client = Client::new(relay.addr, &username, &password);
     let relayed = client
         .authenticated(ALLOCATE, vec![udp()])
         .get::<XorRelayAddress>()
         .expect("relayed")
         .address();
 
-    // SAFETY: sending a signal to our own child.
-    unsafe { libc::kill(relay.child.id() as i32, libc::SIGINT) };
-    let status = relay.wait_for_exit(Duration::from_secs(5));
+    let status = relay.stop_with(libc::SIGINT);
     assert_eq!(status.code(), Some(0), "exit status {status:?}");
     relay.wait_for_log("shutting down, closing 1 allocations");
     relay.wait_for_log("stopped");
-    UdpSocket::bind(addr).expect("listen port released");
+    UdpSocket::bind(relay.addr).expect("listen port released");
     UdpSocket::bind(relayed).expect("relay port released");
     std::net::TcpListener::bind(metrics).expect("metrics port released");
 }

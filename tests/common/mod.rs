@@ -91,10 +91,16 @@ impl RelayProcess {
     /// Sends SIGTERM and waits (bounded) for the exit status. If the relay does not exit in
     /// time the test fails, and `Drop` still kills it.
     pub fn terminate(&mut self) -> ExitStatus {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Sends `signal` and waits (bounded) for the exit status; `Drop` kills a relay that
+    /// does not exit in time.
+    pub fn stop_with(&mut self, signal: libc::c_int) -> ExitStatus {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
         // SAFETY: kill(2) with our own child's pid; it is not reaped before this returns.
-        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(sent, 0, "kill(SIGTERM)");
+        let sent = unsafe { libc::kill(pid, signal) };
+        assert_eq!(sent, 0, "kill({signal})");
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait for the relay") {
@@ -102,10 +108,18 @@ impl RelayProcess {
             }
             assert!(
                 Instant::now() < deadline,
-                "relay did not exit within {WAIT:?} after SIGTERM"
+                "relay did not exit within {WAIT:?} after signal {signal}"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Where the relay serves its metrics (from its start-up log; needs `--metrics-addr`).
+    pub fn metrics_addr(&mut self) -> SocketAddr {
+        let line = self.wait_for_log("metrics on http://");
+        let start = line.find("http://").expect("url") + "http://".len();
+        let end = start + line[start..].find('/').expect("path");
+        line[start..end].parse().expect("metrics address")
     }
 }
 
