@@ -61,15 +61,18 @@ fn payload_fill(buf: &mut [u8]) {
 fn payload_ok(payload: &[u8]) -> bool {
     payload.len() >= 16
         && &payload[..4] == MAGIC
-        && payload[16..].iter().enumerate().all(|(k, b)| *b == ((k + 16) as u8).wrapping_mul(7).wrapping_add(13))
+        && payload[16..]
+            .iter()
+            .enumerate()
+            .all(|(k, b)| *b == ((k + 16) as u8).wrapping_mul(7).wrapping_add(13))
 }
 
 /// Sets up N allocations (TURN) or N plain clients (forwarder).
 pub fn setup(server: &Server, n: usize, creds: &Credentials) -> io::Result<Path> {
     let peer = sys::udp_loopback()?;
     let mut clients = Vec::with_capacity(n);
-    for _ in 0..n {
-        let c = sys::udp_loopback()?;
+    for i in 0..n {
+        let c = sys::udp_client(i)?;
         c.connect(server.listen)?;
         clients.push(c);
     }
@@ -78,10 +81,17 @@ pub fn setup(server: &Server, n: usize, creds: &Credentials) -> io::Result<Path>
         let est = alloc::establish(
             &clients,
             creds,
-            &alloc::Options { window: 32, rto: Duration::from_millis(300), channel_peer: Some(peer_addr) },
+            &alloc::Options {
+                window: 32,
+                rto: Duration::from_millis(300),
+                channel_peer: Some(peer_addr),
+            },
         )?;
         if est.binds_ok != n {
-            return Err(io::Error::other(format!("setup of {n} allocations failed: {:?}", est.failures)));
+            return Err(io::Error::other(format!(
+                "setup of {n} allocations failed: {:?}",
+                est.failures
+            )));
         }
         for c in &clients {
             c.set_nonblocking(false)?;
@@ -101,7 +111,13 @@ pub fn setup(server: &Server, n: usize, creds: &Credentials) -> io::Result<Path>
             c.send(b"hello")?;
         }
         std::thread::sleep(Duration::from_millis(20));
-        let path = Path { clients, peer, peer_targets: vec![out; n], peer_sees_header: true, client_sees_header: false };
+        let path = Path {
+            clients,
+            peer,
+            peer_targets: vec![out; n],
+            peer_sees_header: true,
+            client_sees_header: false,
+        };
         drain(&path);
         Ok(path)
     }
@@ -138,10 +154,18 @@ impl Throughput {
         self.sent as f64 / self.secs
     }
     pub fn loss(&self) -> f64 {
-        if self.sent == 0 { 0.0 } else { 1.0 - (self.received as f64 / self.sent as f64).min(1.0) }
+        if self.sent == 0 {
+            0.0
+        } else {
+            1.0 - (self.received as f64 / self.sent as f64).min(1.0)
+        }
     }
     pub fn cpu_us_per_packet(&self) -> f64 {
-        if self.received == 0 { f64::NAN } else { self.server_cpu_secs * 1e6 / self.received as f64 }
+        if self.received == 0 {
+            f64::NAN
+        } else {
+            self.server_cpu_secs * 1e6 / self.received as f64
+        }
     }
     pub fn server_cpu_share(&self) -> f64 {
         self.server_cpu_secs / self.secs
@@ -211,12 +235,13 @@ pub fn one_way(
                 epoll.wait(20, &mut ready)?;
                 for &t in &ready {
                     let fd = rx_sockets[t as usize].as_raw_fd();
-                    loop {
-                        let Ok(n) = batch.recv(fd, BATCH, libc::MSG_DONTWAIT) else { break };
+                    while let Ok(n) = batch.recv(fd, BATCH, libc::MSG_DONTWAIT) {
                         for i in 0..n {
                             let d = batch.received(i);
                             let ok = d.len() == expect_len && &d[rx_offset..rx_offset + 4] == MAGIC;
-                            let ok = ok && ((count + i as u64) % FULL_CHECK_EVERY != 0 || payload_ok(&d[rx_offset..]));
+                            let ok = ok
+                                && (!(count + i as u64).is_multiple_of(FULL_CHECK_EVERY)
+                                    || payload_ok(&d[rx_offset..]));
                             if !ok {
                                 bad += 1;
                             }
@@ -275,8 +300,10 @@ pub fn one_way(
                         };
                         for k in 0..gso.segs() {
                             let buf = gso.seg_mut(m, k);
-                            buf[payload_offset + 4..payload_offset + 8].copy_from_slice(&(index as u32).to_be_bytes());
-                            buf[payload_offset + 8..payload_offset + 16].copy_from_slice(&seq.to_be_bytes());
+                            buf[payload_offset + 4..payload_offset + 8]
+                                .copy_from_slice(&(index as u32).to_be_bytes());
+                            buf[payload_offset + 8..payload_offset + 16]
+                                .copy_from_slice(&seq.to_be_bytes());
                             seq += 1;
                         }
                     }
@@ -362,7 +389,13 @@ impl Rtt {
 
 /// Ping-pong: client 0 sends `rate` pings/s (ChannelData with a send timestamp); the peer
 /// echoes each back to where it came from (the relayed address); the client times the echo.
-pub fn ping_pong(path: &Path, rate: u32, warmup: Duration, measure: Duration, payload: usize) -> io::Result<Rtt> {
+pub fn ping_pong(
+    path: &Path,
+    rate: u32,
+    warmup: Duration,
+    measure: Duration,
+    payload: usize,
+) -> io::Result<Rtt> {
     drain(path);
     let client = &path.clients[0];
     let peer = &path.peer;
@@ -435,7 +468,11 @@ pub fn ping_pong(path: &Path, rate: u32, warmup: Duration, measure: Duration, pa
         client.set_read_timeout(None)?;
         peer.set_read_timeout(None)?;
         samples.sort_by(f64::total_cmp);
-        Ok(Rtt { sent, received, samples_us: samples })
+        Ok(Rtt {
+            sent,
+            received,
+            samples_us: samples,
+        })
     })
 }
 
@@ -490,6 +527,10 @@ pub fn backlog_drops() -> u64 {
     std::fs::read_to_string("/proc/net/softnet_stat")
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| l.split_whitespace().nth(1).and_then(|v| u64::from_str_radix(v, 16).ok()))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|v| u64::from_str_radix(v, 16).ok())
+        })
         .sum()
 }

@@ -27,7 +27,13 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [Kind::Relay, Kind::CoturnOne, Kind::CoturnDefault, Kind::FwdPlain, Kind::FwdBatched];
+    pub const ALL: [Kind; 5] = [
+        Kind::Relay,
+        Kind::CoturnOne,
+        Kind::CoturnDefault,
+        Kind::FwdPlain,
+        Kind::FwdBatched,
+    ];
 
     /// Short name used in JSON keys and on the command line.
     pub fn key(self) -> &'static str {
@@ -110,11 +116,16 @@ impl Server {
                     format!("--auth-secret={}", tools.secret),
                     format!("--realm={REALM}"),
                     "--allow-loopback-peers".into(),
+                    // Every allocation of the benchmark uses one user name.
+                    "--max-allocations-per-user=100000".into(),
                 ],
             ),
             Kind::CoturnOne | Kind::CoturnDefault => {
                 let Some(turnserver) = &tools.turnserver else {
-                    return Err(io::Error::new(io::ErrorKind::NotFound, "turnserver (coturn) not installed"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "turnserver (coturn) not installed",
+                    ));
                 };
                 let mut a = vec![
                     "-n".to_string(), // no configuration file
@@ -140,7 +151,13 @@ impl Server {
                     // Log lines go to our log file through stdout; no file under /var/log.
                     "--log-file=stdout".into(),
                     "--simple-log".into(),
-                    format!("--pidfile={}", tools.workdir.join(format!("turnserver-{seq}.pid")).display()),
+                    format!(
+                        "--pidfile={}",
+                        tools
+                            .workdir
+                            .join(format!("turnserver-{seq}.pid"))
+                            .display()
+                    ),
                 ];
                 if kind == Kind::CoturnOne {
                     a.push("--relay-threads=1".into());
@@ -150,7 +167,12 @@ impl Server {
             Kind::FwdPlain | Kind::FwdBatched => {
                 let o = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
                 out = Some(o);
-                let mut a = vec!["--in".into(), listen.to_string(), "--out".into(), o.to_string()];
+                let mut a = vec![
+                    "--in".into(),
+                    listen.to_string(),
+                    "--out".into(),
+                    o.to_string(),
+                ];
                 if kind == Kind::FwdBatched {
                     a.push("--batched".into());
                 }
@@ -170,7 +192,9 @@ impl Server {
         };
         cmd.args(&args);
         let logfile = fs::File::create(&log)?;
-        cmd.stdin(Stdio::null()).stderr(logfile.try_clone()?).env("RUST_LOG", "info");
+        cmd.stdin(Stdio::null())
+            .stderr(logfile.try_clone()?)
+            .env("RUST_LOG", "info");
         if kind.is_turn() {
             cmd.stdout(logfile);
         } else {
@@ -190,9 +214,18 @@ impl Server {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| io::Error::new(e.kind(), format!("spawn {}: {e}", program.display())))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("spawn {}: {e}", program.display())))?;
         let pid = child.id();
-        let mut server = Server { kind, child: Some(child), pid, listen, out, log };
+        let mut server = Server {
+            kind,
+            child: Some(child),
+            pid,
+            listen,
+            out,
+            log,
+        };
         let deadline = Instant::now()
             + match wrapper {
                 Wrapper::None => Duration::from_secs(15),
@@ -206,7 +239,10 @@ impl Server {
         if let Err(e) = ready {
             let tail = server.log_tail();
             server.stop();
-            return Err(io::Error::new(e.kind(), format!("{} did not start: {e}\n{tail}", kind.key())));
+            return Err(io::Error::new(
+                e.kind(),
+                format!("{} did not start: {e}\n{tail}", kind.key()),
+            ));
         }
         Ok(server)
     }
@@ -234,14 +270,25 @@ impl Server {
                 return Ok(());
             }
         }
-        Err(io::Error::new(io::ErrorKind::TimedOut, "no answer to STUN Binding"))
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "no answer to STUN Binding",
+        ))
     }
 
     fn wait_forwarder_ready(&mut self) -> io::Result<()> {
-        let stdout = self.child.as_mut().and_then(|c| c.stdout.take()).ok_or_else(|| io::Error::other("no stdout"))?;
+        let stdout = self
+            .child
+            .as_mut()
+            .and_then(|c| c.stdout.take())
+            .ok_or_else(|| io::Error::other("no stdout"))?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
-        if line.trim() == "ready" { Ok(()) } else { Err(io::Error::other("forwarder did not print ready")) }
+        if line.trim() == "ready" {
+            Ok(())
+        } else {
+            Err(io::Error::other("forwarder did not print ready"))
+        }
     }
 
     pub fn log_tail(&self) -> String {
@@ -260,17 +307,15 @@ impl Server {
         proc_rss_kib(self.pid)
     }
 
-    pub fn threads(&self) -> usize {
-        fs::read_dir(format!("/proc/{}/task", self.pid)).map_or(0, |d| d.count())
-    }
-
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
     /// SIGTERM, then SIGKILL after 5 s; always reaps.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         if let Ok(None) = child.try_wait() {
             // SAFETY: signalling our own child, which is not yet reaped.
             unsafe {
@@ -297,7 +342,10 @@ impl Drop for Server {
 
 pub fn proc_cpu_ticks(pid: u32) -> io::Result<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').map(|(_, s)| s).ok_or_else(|| io::Error::other("bad stat"))?;
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, s)| s)
+        .ok_or_else(|| io::Error::other("bad stat"))?;
     let fields: Vec<&str> = after.split_whitespace().collect();
     // fields[0] is field 3 (state); utime is field 14, stime field 15.
     let utime: u64 = fields.get(11).and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -320,7 +368,9 @@ pub fn proc_rss_kib(pid: u32) -> io::Result<u64> {
 
 pub fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| is_executable(p))
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {

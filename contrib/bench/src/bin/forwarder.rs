@@ -54,15 +54,22 @@ fn main() {
 }
 
 fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let s = sys::udp_bind(addr).map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
+    let s =
+        sys::udp_bind(addr).map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
     s.set_nonblocking(true)?;
     Ok(s)
 }
 
 fn run(in_addr: SocketAddr, out_addr: SocketAddr, batched: bool) -> io::Result<()> {
     let mut sides = [
-        Side { socket: bind(in_addr)?, last_source: None },
-        Side { socket: bind(out_addr)?, last_source: None },
+        Side {
+            socket: bind(in_addr)?,
+            last_source: None,
+        },
+        Side {
+            socket: bind(out_addr)?,
+            last_source: None,
+        },
     ];
     let mut epoll = Epoll::new(8)?;
     epoll.add(sides[0].socket.as_raw_fd(), 0)?;
