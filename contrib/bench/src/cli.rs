@@ -15,7 +15,8 @@ interleaved over several trials, and prints medians and ratios (table + JSON).
   --quick             short run for CI (< 2 minutes), checks --floors
   --trials N          interleaved trials (default 5, quick 3)
   --servers LIST      comma-separated subset of: relay,coturn-1,coturn-default,
-                      fwd-plain,fwd-batched (default: all; quick: relay,coturn-1,fwd-batched)
+                      fwd-plain,fwd-batched,fwd-gso (default: all; quick: all but
+                      coturn-default and fwd-plain)
   --allocations N     allocations (each with a channel) carrying the data load (default 8)
   --measure SECS      measuring window of each saturation run (default 2, quick 0.5)
   --memory-allocations N
@@ -42,8 +43,9 @@ pub struct Args {
     /// Trials of the memory / setup-rate test (it is slow with 10,000 allocations).
     pub memory_trials: usize,
     pub counts: bool,
-    /// callgrind of coturn (slow under valgrind: full mode only).
-    pub callgrind_coturn: bool,
+    /// Counts (strace, callgrind) of every server, or only of the relay (quick mode: its
+    /// floors are absolute numbers).
+    pub counts_all: bool,
     pub json: Option<PathBuf>,
     pub floors: Option<PathBuf>,
     pub workdir: Option<PathBuf>,
@@ -120,7 +122,7 @@ pub fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
     }
     let servers = servers.unwrap_or_else(|| {
         if quick {
-            vec![Kind::Relay, Kind::CoturnOne, Kind::FwdBatched]
+            vec![Kind::Relay, Kind::CoturnOne, Kind::FwdBatched, Kind::FwdGso]
         } else {
             Kind::ALL.to_vec()
         }
@@ -149,7 +151,7 @@ pub fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
         memory_allocations,
         memory_trials: if quick { 1 } else { 3 },
         counts,
-        callgrind_coturn: !quick,
+        counts_all: !quick,
         json,
         floors,
         workdir,

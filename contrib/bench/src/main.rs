@@ -132,7 +132,7 @@ fn bench(args: &cli::Args) -> Result<bool, String> {
     }
     println!();
     print!("{}", report::table(&results, &servers));
-    println!("\nload generator (must drive fwd-batched at least as hard as any server):");
+    println!("\nload generator (must drive the fastest forwarder at least as hard as any server):");
     for l in &loadgen_lines {
         println!("  {l}");
     }

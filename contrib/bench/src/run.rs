@@ -103,7 +103,13 @@ pub fn run(args: &Args, tools: &Tools, creds: &Credentials) -> Results {
         }
     }
     if args.counts {
-        for &kind in &args.servers {
+        let counted: Vec<Kind> = args
+            .servers
+            .iter()
+            .copied()
+            .filter(|k| args.counts_all || *k == Kind::Relay)
+            .collect();
+        for &kind in &counted {
             for dir in DIRECTIONS {
                 seq += 1;
                 eprintln!(
@@ -119,9 +125,7 @@ pub fn run(args: &Args, tools: &Tools, creds: &Credentials) -> Results {
                 }
             }
         }
-        for &kind in args.servers.iter().filter(|k| {
-            !matches!(k, Kind::CoturnOne | Kind::CoturnDefault) || args.callgrind_coturn
-        }) {
+        for &kind in &counted {
             // coturn's default (one relay thread per CPU) runs the same code as coturn-1.
             if kind == Kind::CoturnDefault {
                 continue;

@@ -24,15 +24,17 @@ pub enum Kind {
     CoturnDefault,
     FwdPlain,
     FwdBatched,
+    FwdGso,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Relay,
         Kind::CoturnOne,
         Kind::CoturnDefault,
         Kind::FwdPlain,
         Kind::FwdBatched,
+        Kind::FwdGso,
     ];
 
     /// Short name used in JSON keys and on the command line.
@@ -43,6 +45,7 @@ impl Kind {
             Kind::CoturnDefault => "coturn-default",
             Kind::FwdPlain => "fwd-plain",
             Kind::FwdBatched => "fwd-batched",
+            Kind::FwdGso => "fwd-gso",
         }
     }
 
@@ -53,6 +56,7 @@ impl Kind {
             Kind::CoturnDefault => "coturn, default threads (one per CPU)",
             Kind::FwdPlain => "bare forwarder, recv_from/send_to per datagram",
             Kind::FwdBatched => "bare forwarder, recvmmsg/sendmmsg of up to 64",
+            Kind::FwdGso => "bare forwarder, recvmmsg, sendmmsg of UDP GSO runs",
         }
     }
 
@@ -164,7 +168,7 @@ impl Server {
                 }
                 (turnserver.clone(), a)
             }
-            Kind::FwdPlain | Kind::FwdBatched => {
+            Kind::FwdPlain | Kind::FwdBatched | Kind::FwdGso => {
                 let o = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
                 out = Some(o);
                 let mut a = vec![
@@ -173,8 +177,10 @@ impl Server {
                     "--out".into(),
                     o.to_string(),
                 ];
-                if kind == Kind::FwdBatched {
-                    a.push("--batched".into());
+                match kind {
+                    Kind::FwdBatched => a.push("--batched".into()),
+                    Kind::FwdGso => a.push("--gso".into()),
+                    _ => {}
                 }
                 (tools.forwarder.clone(), a)
             }

@@ -541,3 +541,144 @@ impl GsoBatch {
         Ok(done * self.segs)
     }
 }
+
+/// Sends the datagrams of a received `Batch` to one destination, each run of equal-size
+/// datagrams (the last may be shorter) as one UDP GSO message: the forwarder's version of
+/// what the relay does (src/driver/batch.rs).
+pub struct GsoSender {
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    cmsgs: Vec<[u64; 3]>,
+    segs: Vec<usize>,
+    dest: libc::sockaddr_storage,
+}
+
+// SAFETY: the raw pointers inside point into the sender's own heap buffers.
+unsafe impl Send for GsoSender {}
+
+impl GsoSender {
+    pub fn new(capacity: usize) -> GsoSender {
+        GsoSender {
+            // SAFETY: all-zero is a valid value for these C structs.
+            iovs: vec![unsafe { mem::zeroed() }; capacity],
+            hdrs: vec![unsafe { mem::zeroed() }; capacity],
+            cmsgs: vec![[0; 3]; capacity],
+            segs: vec![0; capacity],
+            dest: unsafe { mem::zeroed() },
+        }
+    }
+
+    /// Sends datagrams 0..n of `batch` to `dest`; failed messages are dropped.
+    pub fn send(
+        &mut self,
+        fd: RawFd,
+        batch: &Batch,
+        n: usize,
+        dest: &libc::sockaddr_storage,
+        destlen: libc::socklen_t,
+    ) {
+        self.dest = *dest;
+        let n = n.min(self.iovs.len());
+        let mut msgs = 0;
+        let (mut first_iov, mut seg_len, mut bytes, mut closed) = (0, 0, 0, true);
+        for i in 0..n {
+            let d = batch.received(i);
+            self.iovs[i] = libc::iovec {
+                iov_base: d.as_ptr() as *mut libc::c_void,
+                iov_len: d.len(),
+            };
+            let extends = msgs > 0
+                && !closed
+                && d.len() <= seg_len
+                && self.segs[msgs - 1] < GSO_MAX_SEGMENTS
+                && bytes + d.len() <= 65000;
+            if extends {
+                self.segs[msgs - 1] += 1;
+                bytes += d.len();
+                closed = d.len() < seg_len;
+            } else {
+                if msgs > 0 {
+                    self.finish(msgs - 1, first_iov, seg_len, destlen);
+                }
+                first_iov = i;
+                seg_len = d.len();
+                bytes = d.len();
+                closed = d.is_empty();
+                self.segs[msgs] = 1;
+                msgs += 1;
+            }
+        }
+        if msgs > 0 {
+            self.finish(msgs - 1, first_iov, seg_len, destlen);
+        }
+        let mut at = 0;
+        while at < msgs {
+            // SAFETY: the headers point at live iovecs, buffers and control buffers.
+            let r = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.hdrs[at..].as_mut_ptr(),
+                    (msgs - at) as libc::c_uint,
+                    0,
+                )
+            };
+            at += if r > 0 { r as usize } else { 1 };
+        }
+    }
+
+    fn finish(&mut self, m: usize, first_iov: usize, seg_len: usize, destlen: libc::socklen_t) {
+        let segs = self.segs[m];
+        let hdr = &mut self.hdrs[m].msg_hdr;
+        hdr.msg_iov = &mut self.iovs[first_iov];
+        hdr.msg_iovlen = segs as _;
+        hdr.msg_name = (&mut self.dest as *mut libc::sockaddr_storage).cast();
+        hdr.msg_namelen = destlen;
+        if segs > 1 {
+            hdr.msg_control = self.cmsgs[m].as_mut_ptr().cast();
+            hdr.msg_controllen = mem::size_of::<[u64; 3]>() as _;
+            // SAFETY: the control buffer is CMSG_SPACE(2) bytes, 8-aligned.
+            unsafe {
+                let c = libc::CMSG_FIRSTHDR(hdr);
+                (*c).cmsg_level = SOL_UDP;
+                (*c).cmsg_type = UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(mem::size_of::<u16>() as u32) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg_len as u16);
+            }
+        } else {
+            hdr.msg_control = std::ptr::null_mut();
+            hdr.msg_controllen = 0;
+        }
+    }
+}
+
+/// The inode number of a socket (its key in /proc/net/udp).
+pub fn inode(fd: RawFd) -> u64 {
+    // SAFETY: fstat fills a plain struct.
+    unsafe {
+        let mut st: libc::stat = mem::zeroed();
+        if libc::fstat(fd, &mut st) == 0 {
+            st.st_ino
+        } else {
+            0
+        }
+    }
+}
+
+/// Datagrams the kernel dropped at these sockets (full receive buffer), from the last
+/// column of /proc/net/udp and /proc/net/udp6.
+pub fn udp_drops(inodes: &[u64]) -> u64 {
+    let mut total = 0;
+    for file in ["/proc/net/udp", "/proc/net/udp6"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(inode), Some(drops)) = (fields.get(9), fields.last()) else {
+                continue;
+            };
+            if inode.parse::<u64>().is_ok_and(|i| inodes.contains(&i)) {
+                total += drops.parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    total
+}
