@@ -78,6 +78,12 @@ fn rows() -> Vec<Row> {
         decimals: 2,
     });
     rows.push(Row {
+        metric: "memory.idle_anon_kib".into(),
+        label: "RSS idle, private (RssAnon) MiB".into(),
+        scale: 1024.0,
+        decimals: 2,
+    });
+    rows.push(Row {
         metric: "memory.loaded_rss_kib".into(),
         label: "RSS with the allocations MiB".into(),
         scale: 1024.0,

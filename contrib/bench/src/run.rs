@@ -175,6 +175,7 @@ fn data_trial(
     let mut server = Server::start(kind, tools, &Wrapper::None, seq)?;
     std::thread::sleep(Duration::from_millis(100));
     results.record(kind, "memory.idle_rss_kib", server.rss_kib()? as f64);
+    results.record(kind, "memory.idle_anon_kib", server.rss_anon_kib()? as f64);
     let path = load::setup(&server, args.allocations, creds)?;
     for dir in DIRECTIONS {
         for payload in PAYLOADS {

@@ -310,7 +310,13 @@ impl Server {
 
     /// VmRSS in KiB.
     pub fn rss_kib(&self) -> io::Result<u64> {
-        proc_rss_kib(self.pid)
+        proc_status_kib(self.pid, "VmRSS:")
+    }
+
+    /// RssAnon in KiB: the private part of the RSS (heap, stacks), without the shared
+    /// pages of the executable and libraries.
+    pub fn rss_anon_kib(&self) -> io::Result<u64> {
+        proc_status_kib(self.pid, "RssAnon:")
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -363,13 +369,13 @@ pub fn self_cpu_ticks() -> u64 {
     proc_cpu_ticks(std::process::id()).unwrap_or(0)
 }
 
-pub fn proc_rss_kib(pid: u32) -> io::Result<u64> {
+pub fn proc_status_kib(pid: u32, field: &str) -> io::Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| io::Error::other("no VmRSS"))
+        .ok_or_else(|| io::Error::other(format!("no {field} in /proc/{pid}/status")))
 }
 
 pub fn which(program: &str) -> Option<PathBuf> {
