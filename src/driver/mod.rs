@@ -1,6 +1,7 @@
 //! The single mio loop: owns every socket, feeds the core, executes its outputs and sleeps
 //! until its next deadline. It makes no protocol decision (DESIGN.md).
 
+mod batch;
 pub mod clock;
 mod http;
 pub mod interfaces;
@@ -11,6 +12,7 @@ mod sockets;
 
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -19,15 +21,15 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use crate::core::{
-    AllocationId, Config, Deliver, Family, Forward, HEADROOM, ListenerId, Now, OpenError, Output,
-    RelayId, Server, TAILROOM,
+    AllocationId, Config, Family, HEADROOM, ListenerId, Now, OpenError, Output, RelayId, Server,
 };
 
-/// Datagrams read from one socket per loop turn, so that one flooded socket cannot starve
-/// the others; a socket still readable after its budget is revisited next turn.
-const BUDGET_PER_SOCKET: usize = 64;
-/// Large enough for any UDP datagram plus the headroom/tailroom the core writes into.
-const BUFFER_LEN: usize = HEADROOM + 65536 + TAILROOM;
+/// Where the datagrams of the socket being read come from.
+#[derive(Clone, Copy)]
+enum Source {
+    Client(ListenerId),
+    Peer(AllocationId),
+}
 
 enum Socket {
     Listener {
@@ -67,9 +69,12 @@ pub struct Driver {
     /// Slab key of each listener, indexed by `ListenerId`.
     listeners: Vec<usize>,
     core: Server,
-    buf: Box<[u8]>,
-    /// Sockets whose budget ran out while still readable.
+    /// Receive slots and the queue of relayed datagrams to send (see batch.rs).
+    batch: batch::Batch,
+    /// Sockets whose budget (one batch) ran out while still readable.
     backlog: Vec<usize>,
+    /// Sockets to read this turn (kept to reuse its memory).
+    ready: Vec<usize>,
     io: IoCounters,
     signals: signals::ShutdownSignals,
     http: Option<http::HttpServer>,
@@ -119,8 +124,9 @@ impl Driver {
             sockets,
             listeners,
             core: Server::new(config, seed),
-            buf: vec![0u8; BUFFER_LEN].into_boxed_slice(),
+            batch: batch::Batch::new(),
             backlog: Vec::new(),
+            ready: Vec::new(),
             io: IoCounters::default(),
             signals,
             http,
@@ -158,7 +164,9 @@ impl Driver {
             let now = clock::now();
             self.core.handle_timeout(now);
             self.drain_outputs(now);
-            let mut ready = std::mem::take(&mut self.backlog);
+            let mut ready = std::mem::take(&mut self.ready);
+            ready.clear();
+            ready.append(&mut self.backlog);
             for event in events.iter() {
                 match event.token() {
                     SIGNAL_TOKEN => {
@@ -177,11 +185,12 @@ impl Driver {
             }
             ready.sort_unstable();
             ready.dedup();
-            for key in ready {
+            for &key in &ready {
                 if self.read_socket(key, now) {
                     self.backlog.push(key);
                 }
             }
+            self.ready = ready;
             http_deadline = self
                 .http
                 .as_mut()
@@ -235,82 +244,77 @@ impl Driver {
         });
     }
 
-    /// Reads up to the budget from one socket. True if it may still have datagrams.
+    /// Reads one batch (the socket's budget for this turn) with one recvmmsg, hands each
+    /// datagram to the core, and sends the relayed ones with one sendmmsg per socket.
+    /// True if the socket may still have datagrams.
     fn read_socket(&mut self, key: usize, now: Now) -> bool {
-        for _ in 0..BUDGET_PER_SOCKET {
-            let received = match self.sockets.get(key) {
-                Some(Socket::Listener { id, socket }) => {
-                    let id = *id;
-                    match socket.recv_from(&mut self.buf[..BUFFER_LEN - HEADROOM]) {
-                        Ok((len, from)) => {
-                            let forward =
-                                self.core
-                                    .handle_client_datagram(now, id, from, &self.buf[..len]);
-                            if let Some(forward) = forward {
-                                self.send_forward(forward);
-                            }
-                            Ok(())
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
-                Some(Socket::Relay { allocation, socket }) => {
-                    let allocation = *allocation;
-                    match socket.recv_from(&mut self.buf[HEADROOM..BUFFER_LEN - TAILROOM]) {
-                        Ok((len, from)) => {
-                            let deliver = self.core.handle_peer_datagram(
-                                now,
-                                allocation,
-                                from,
-                                &mut self.buf,
-                                len,
-                            );
-                            if let Some(deliver) = deliver {
-                                self.send_deliver(deliver);
-                            }
-                            Ok(())
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
-                None => return false,
+        let (fd, source) = match self.sockets.get(key) {
+            Some(Socket::Listener { id, socket }) => (socket.as_raw_fd(), Source::Client(*id)),
+            Some(Socket::Relay { allocation, socket }) => {
+                (socket.as_raw_fd(), Source::Peer(*allocation))
+            }
+            None => return false,
+        };
+        let count = match self.batch.recv(fd) {
+            Ok(count) => count,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == ErrorKind::Interrupted => return true,
+            Err(e) => {
+                // ICMP errors from earlier sends surface here (ECONNREFUSED); not fatal, and
+                // the error is consumed: there may be datagrams behind it.
+                debug!("recv on socket {key}: {e}");
+                self.io.recv_failed += 1;
+                return true;
+            }
+        };
+        for i in 0..count {
+            let (from, len, slot) = self.batch.datagram(i);
+            let Some(from) = from else {
+                continue;
             };
-            match received {
-                Ok(()) => self.drain_outputs(now),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // ICMP errors from earlier sends surface here (ECONNREFUSED); not fatal.
-                    debug!("recv on socket {key}: {e}");
-                    self.io.recv_failed += 1;
+            match source {
+                Source::Client(listener) => {
+                    let datagram = &slot[HEADROOM..HEADROOM + len];
+                    if let Some(forward) = self
+                        .core
+                        .handle_client_datagram(now, listener, from, datagram)
+                    {
+                        let range =
+                            HEADROOM + forward.payload.start..HEADROOM + forward.payload.end;
+                        self.batch.queue(i, range, forward.relay.0, forward.peer);
+                    }
+                }
+                Source::Peer(allocation) => {
+                    if let Some(deliver) = self
+                        .core
+                        .handle_peer_datagram(now, allocation, from, slot, len)
+                        && let Some(&listener_key) =
+                            self.listeners.get(usize::from(deliver.listener.0))
+                    {
+                        self.batch
+                            .queue(i, deliver.frame, listener_key, deliver.client);
+                    }
                 }
             }
+            self.drain_outputs(now);
         }
-        true
+        self.flush_sends();
+        count == batch::BATCH
     }
 
-    fn send_forward(&mut self, forward: Forward) {
-        let Some(Socket::Relay { socket, .. }) = self.sockets.get(forward.relay.0) else {
+    /// Sends the queued relayed datagrams.
+    fn flush_sends(&mut self) {
+        if !self.batch.has_pending() {
             return;
-        };
-        if socket
-            .send_to(&self.buf[forward.payload], forward.peer)
-            .is_err()
-        {
-            self.io.send_failed += 1;
         }
-    }
-
-    fn send_deliver(&mut self, deliver: Deliver) {
-        let Some(socket) = self.listener_socket(deliver.listener) else {
-            return;
-        };
-        if socket
-            .send_to(&self.buf[deliver.frame], deliver.client)
-            .is_err()
-        {
-            self.io.send_failed += 1;
-        }
+        let sockets = &self.sockets;
+        let flushed = self.batch.flush(|key| match sockets.get(key) {
+            Some(Socket::Listener { socket, .. } | Socket::Relay { socket, .. }) => {
+                Some(socket.as_raw_fd())
+            }
+            None => None,
+        });
+        self.io.send_failed += flushed.failed;
     }
 
     fn listener_socket(&self, id: ListenerId) -> Option<&UdpSocket> {
@@ -322,7 +326,14 @@ impl Driver {
     }
 
     fn drain_outputs(&mut self, now: Now) {
-        while let Some(output) = self.core.poll_output() {
+        let Some(first) = self.core.poll_output() else {
+            return;
+        };
+        // Relayed datagrams queued so far go first: they came in before what caused these
+        // outputs, and a CloseRelay/OpenRelay may reuse the slab key they are queued for.
+        self.flush_sends();
+        let mut next = Some(first);
+        while let Some(output) = next.take().or_else(|| self.core.poll_output()) {
             match output {
                 Output::ToClient {
                     listener,

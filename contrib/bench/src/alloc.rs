@@ -18,11 +18,20 @@ const MAX_TRIES: u32 = 7;
 enum State {
     Idle,
     /// Allocate without credentials sent (expecting 401).
-    Probe { tid: [u8; 12], msg: Vec<u8> },
+    Probe {
+        tid: [u8; 12],
+        msg: Vec<u8>,
+    },
     /// Allocate with MESSAGE-INTEGRITY sent.
-    Allocate { tid: [u8; 12], msg: Vec<u8> },
+    Allocate {
+        tid: [u8; 12],
+        msg: Vec<u8>,
+    },
     Allocated,
-    Bind { tid: [u8; 12], msg: Vec<u8> },
+    Bind {
+        tid: [u8; 12],
+        msg: Vec<u8>,
+    },
     Bound,
     Failed(String),
 }
@@ -57,7 +66,11 @@ pub struct Options {
 }
 
 /// Makes one allocation per socket on `server` (each socket must be connected to it).
-pub fn establish(sockets: &[UdpSocket], creds: &Credentials, opts: &Options) -> io::Result<Established> {
+pub fn establish(
+    sockets: &[UdpSocket],
+    creds: &Credentials,
+    opts: &Options,
+) -> io::Result<Established> {
     let n = sockets.len();
     let mut epoll = Epoll::new(256)?;
     for (i, s) in sockets.iter().enumerate() {
@@ -87,16 +100,28 @@ pub fn establish(sockets: &[UdpSocket], creds: &Credentials, opts: &Options) -> 
 
     // Phase 1: allocations.
     let t0 = Instant::now();
-    run_phase(sockets, &mut slots, &mut epoll, opts, &mut out, |i, slot, tids_: &mut TidSource| {
-        let _ = i;
-        let tid = tids_.next();
-        let msg = Builder::new(stun::ALLOCATE_REQUEST, tid)
-            .attr(stun::ATTR_REQUESTED_TRANSPORT, &[17, 0, 0, 0])
-            .fingerprint();
-        slot.state = State::Probe { tid, msg };
-    }, &mut tids, creds)?;
+    run_phase(
+        sockets,
+        &mut slots,
+        &mut epoll,
+        opts,
+        &mut out,
+        |i, slot, tids_: &mut TidSource| {
+            let _ = i;
+            let tid = tids_.next();
+            let msg = Builder::new(stun::ALLOCATE_REQUEST, tid)
+                .attr(stun::ATTR_REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+                .fingerprint();
+            slot.state = State::Probe { tid, msg };
+        },
+        &mut tids,
+        creds,
+    )?;
     out.allocate_secs = t0.elapsed().as_secs_f64();
-    out.allocations_ok = slots.iter().filter(|s| matches!(s.state, State::Allocated)).count();
+    out.allocations_ok = slots
+        .iter()
+        .filter(|s| matches!(s.state, State::Allocated))
+        .count();
     for (i, s) in slots.iter().enumerate() {
         out.relayed[i] = s.relayed;
     }
@@ -104,16 +129,28 @@ pub fn establish(sockets: &[UdpSocket], creds: &Credentials, opts: &Options) -> 
     // Phase 2: channel bindings.
     if let Some(peer) = opts.channel_peer {
         let t1 = Instant::now();
-        run_phase(sockets, &mut slots, &mut epoll, opts, &mut out, |_, slot, tids_: &mut TidSource| {
-            if !matches!(slot.state, State::Allocated) {
-                return;
-            }
-            let tid = tids_.next();
-            let msg = bind_request(tid, peer, creds, &slot.realm, &slot.nonce);
-            slot.state = State::Bind { tid, msg };
-        }, &mut tids, creds)?;
+        run_phase(
+            sockets,
+            &mut slots,
+            &mut epoll,
+            opts,
+            &mut out,
+            |_, slot, tids_: &mut TidSource| {
+                if !matches!(slot.state, State::Allocated) {
+                    return;
+                }
+                let tid = tids_.next();
+                let msg = bind_request(tid, peer, creds, &slot.realm, &slot.nonce);
+                slot.state = State::Bind { tid, msg };
+            },
+            &mut tids,
+            creds,
+        )?;
         out.bind_secs = t1.elapsed().as_secs_f64();
-        out.binds_ok = slots.iter().filter(|s| matches!(s.state, State::Bound)).count();
+        out.binds_ok = slots
+            .iter()
+            .filter(|s| matches!(s.state, State::Bound))
+            .count();
     }
     for s in &slots {
         if let State::Failed(why) = &s.state
@@ -122,16 +159,28 @@ pub fn establish(sockets: &[UdpSocket], creds: &Credentials, opts: &Options) -> 
             out.failures.push(why.clone());
         }
     }
-    let failed = slots.iter().filter(|s| matches!(s.state, State::Failed(_))).count();
+    let failed = slots
+        .iter()
+        .filter(|s| matches!(s.state, State::Failed(_)))
+        .count();
     if failed > 0 {
         out.failures.push(format!("{failed} of {n} failed"));
     }
     Ok(out)
 }
 
-fn bind_request(tid: [u8; 12], peer: SocketAddr, creds: &Credentials, realm: &[u8], nonce: &[u8]) -> Vec<u8> {
+fn bind_request(
+    tid: [u8; 12],
+    peer: SocketAddr,
+    creds: &Credentials,
+    realm: &[u8],
+    nonce: &[u8],
+) -> Vec<u8> {
     Builder::new(stun::CHANNEL_BIND_REQUEST, tid)
-        .attr(stun::ATTR_CHANNEL_NUMBER, &[(CHANNEL >> 8) as u8, CHANNEL as u8, 0, 0])
+        .attr(
+            stun::ATTR_CHANNEL_NUMBER,
+            &[(CHANNEL >> 8) as u8, CHANNEL as u8, 0, 0],
+        )
         .xor_address(stun::ATTR_XOR_PEER_ADDRESS, peer, &tid)
         .authenticate(creds, realm, nonce)
         .fingerprint()
@@ -146,7 +195,9 @@ fn allocate_request(tid: [u8; 12], creds: &Credentials, realm: &[u8], nonce: &[u
 
 fn in_flight_msg(state: &State) -> Option<&Vec<u8>> {
     match state {
-        State::Probe { msg, .. } | State::Allocate { msg, .. } | State::Bind { msg, .. } => Some(msg),
+        State::Probe { msg, .. } | State::Allocate { msg, .. } | State::Bind { msg, .. } => {
+            Some(msg)
+        }
         _ => None,
     }
 }
@@ -188,18 +239,16 @@ fn run_phase(
         epoll.wait(5, &mut ready)?;
         for &token in &ready {
             let i = token as usize;
-            loop {
-                let len = match sockets[i].recv(&mut buf) {
-                    Ok(len) => len,
-                    Err(_) => break,
+            while let Ok(len) = sockets[i].recv(&mut buf) {
+                let Some(resp) = Parsed::parse(&buf[..len]) else {
+                    continue;
                 };
-                let Some(resp) = Parsed::parse(&buf[..len]) else { continue };
-                if handle_response(&mut slots[i], &resp, tids, creds) {
-                    if let Some(msg) = in_flight_msg(&slots[i].state) {
-                        let _ = sockets[i].send(msg);
-                        slots[i].sent_at = Instant::now();
-                        slots[i].tries = 1;
-                    }
+                if handle_response(&mut slots[i], &resp, tids, creds)
+                    && let Some(msg) = in_flight_msg(&slots[i].state)
+                {
+                    let _ = sockets[i].send(msg);
+                    slots[i].sent_at = Instant::now();
+                    slots[i].tries = 1;
                 }
             }
         }
@@ -229,7 +278,12 @@ fn run_phase(
 }
 
 /// Advances a slot on a response; true if it produced a new request to send.
-fn handle_response(slot: &mut Slot, resp: &Parsed<'_>, tids: &mut TidSource, creds: &Credentials) -> bool {
+fn handle_response(
+    slot: &mut Slot,
+    resp: &Parsed<'_>,
+    tids: &mut TidSource,
+    creds: &Credentials,
+) -> bool {
     let remember_nonce = |slot: &mut Slot| {
         if let Some(r) = resp.attr(stun::ATTR_REALM) {
             slot.realm = r.to_vec();
@@ -247,7 +301,11 @@ fn handle_response(slot: &mut Slot, resp: &Parsed<'_>, tids: &mut TidSource, cre
                 slot.state = State::Allocate { tid, msg };
                 true
             } else {
-                slot.state = State::Failed(format!("unauthenticated Allocate: type {:#06x} code {:?}", resp.msg_type, resp.error_code()));
+                slot.state = State::Failed(format!(
+                    "unauthenticated Allocate: type {:#06x} code {:?}",
+                    resp.msg_type,
+                    resp.error_code()
+                ));
                 false
             }
         }
@@ -267,7 +325,11 @@ fn handle_response(slot: &mut Slot, resp: &Parsed<'_>, tids: &mut TidSource, cre
                 slot.state = State::Allocate { tid, msg };
                 true
             } else {
-                slot.state = State::Failed(format!("Allocate: type {:#06x} code {:?}", resp.msg_type, resp.error_code()));
+                slot.state = State::Failed(format!(
+                    "Allocate: type {:#06x} code {:?}",
+                    resp.msg_type,
+                    resp.error_code()
+                ));
                 false
             }
         }
@@ -276,7 +338,8 @@ fn handle_response(slot: &mut Slot, resp: &Parsed<'_>, tids: &mut TidSource, cre
                 slot.state = State::Bound;
                 false
             } else if resp.msg_type == stun::CHANNEL_BIND_ERROR && resp.error_code() == Some(438) {
-                let peer = Parsed::parse(msg).and_then(|p| p.xor_address(stun::ATTR_XOR_PEER_ADDRESS));
+                let peer =
+                    Parsed::parse(msg).and_then(|p| p.xor_address(stun::ATTR_XOR_PEER_ADDRESS));
                 remember_nonce(slot);
                 let Some(peer) = peer else { return false };
                 let tid = tids.next();
@@ -284,7 +347,11 @@ fn handle_response(slot: &mut Slot, resp: &Parsed<'_>, tids: &mut TidSource, cre
                 slot.state = State::Bind { tid, msg };
                 true
             } else {
-                slot.state = State::Failed(format!("ChannelBind: type {:#06x} code {:?}", resp.msg_type, resp.error_code()));
+                slot.state = State::Failed(format!(
+                    "ChannelBind: type {:#06x} code {:?}",
+                    resp.msg_type,
+                    resp.error_code()
+                ));
                 false
             }
         }

@@ -46,7 +46,12 @@ impl InstructionCount {
 }
 
 /// Attaches `strace -c -f` to a running server, runs the fixed workload, detaches.
-pub fn strace(server: &Server, path: &Path, dir: Direction, workdir: &FsPath) -> io::Result<SyscallCount> {
+pub fn strace(
+    server: &Server,
+    path: &Path,
+    dir: Direction,
+    workdir: &FsPath,
+) -> io::Result<SyscallCount> {
     let out = workdir.join(format!("strace-{}-{}.txt", server.kind.key(), dir.key()));
     let mut child = Command::new("strace")
         .args(["-c", "-f", "-q", "-o"])
@@ -83,11 +88,18 @@ pub fn strace(server: &Server, path: &Path, dir: Direction, workdir: &FsPath) ->
     let mut by_name = parse_strace_summary(&text);
     by_name.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let total = by_name.iter().map(|(_, c)| c).sum();
-    Ok(SyscallCount { packets, sent, total, by_name })
+    Ok(SyscallCount {
+        packets,
+        sent,
+        total,
+        by_name,
+    })
 }
 
 fn all_traced(pid: u32, tracer: u32) -> bool {
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
     let mut any = false;
     for t in tasks.flatten() {
         let status = fs::read_to_string(t.path().join("status")).unwrap_or_default();
@@ -125,20 +137,33 @@ pub fn parse_strace_summary(text: &str) -> Vec<(String, u64)> {
 
 /// Runs a server under callgrind, sets up one allocation, warms up, zeroes the counters,
 /// runs the fixed workload and dumps: total Ir over the workload.
-pub fn callgrind(kind: Kind, tools: &Tools, creds: &Credentials, dir: Direction, seq: usize) -> io::Result<InstructionCount> {
-    let out: PathBuf = tools.workdir.join(format!("callgrind-{}-{}.out", kind.key(), dir.key()));
+pub fn callgrind(
+    kind: Kind,
+    tools: &Tools,
+    creds: &Credentials,
+    dir: Direction,
+    seq: usize,
+) -> io::Result<InstructionCount> {
+    let out: PathBuf = tools
+        .workdir
+        .join(format!("callgrind-{}-{}.out", kind.key(), dir.key()));
     let server = Server::start(kind, tools, &Wrapper::Callgrind(out.clone()), seq)?;
     let path = load::setup(&server, 1, creds)?;
     // Warm-up: first-use paths (lazy initialisation, first send on a socket) are not the
     // steady state.
     load::fixed_bursts(&path, dir, 10, BURST, PAYLOAD, Duration::from_secs(10))?;
     callgrind_control(&["-z"], server.pid)?;
-    let (sent, packets) = load::fixed_bursts(&path, dir, BURSTS, BURST, PAYLOAD, Duration::from_secs(10))?;
+    let (sent, packets) =
+        load::fixed_bursts(&path, dir, BURSTS, BURST, PAYLOAD, Duration::from_secs(10))?;
     callgrind_control(&["-d"], server.pid)?;
     let instructions = newest_dump_total(&out)?;
     drop(path);
     drop(server);
-    Ok(InstructionCount { packets, sent, instructions })
+    Ok(InstructionCount {
+        packets,
+        sent,
+        instructions,
+    })
 }
 
 fn callgrind_control(args: &[&str], pid: u32) -> io::Result<()> {
@@ -149,17 +174,29 @@ fn callgrind_control(args: &[&str], pid: u32) -> io::Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()?;
-    if status.success() { Ok(()) } else { Err(io::Error::other(format!("callgrind_control {args:?} failed"))) }
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "callgrind_control {args:?} failed"
+        )))
+    }
 }
 
 /// The "summary:" (or "totals:") Ir of the highest-numbered dump `<out>.N`.
 fn newest_dump_total(out: &FsPath) -> io::Result<u64> {
     let dir = out.parent().unwrap_or(FsPath::new("."));
-    let stem = out.file_name().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+    let stem = out
+        .file_name()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string();
     let mut best: Option<(u32, PathBuf)> = None;
     for e in fs::read_dir(dir)?.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        if let Some(n) = name.strip_prefix(&format!("{stem}.")).and_then(|n| n.parse::<u32>().ok())
+        if let Some(n) = name
+            .strip_prefix(&format!("{stem}."))
+            .and_then(|n| n.parse::<u32>().ok())
             && best.as_ref().is_none_or(|(b, _)| n > *b)
         {
             best = Some((n, e.path()));
@@ -168,7 +205,10 @@ fn newest_dump_total(out: &FsPath) -> io::Result<u64> {
     let (_, file) = best.ok_or_else(|| io::Error::other("no callgrind dump"))?;
     let text = fs::read_to_string(file)?;
     text.lines()
-        .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .ok_or_else(|| io::Error::other("no summary line in callgrind dump"))
 }
@@ -187,6 +227,13 @@ mod tests {
 ------ ----------- ----------- --------- --------- ----------------\n\
 100.00    0.001000           3       260         2 total\n";
         let v = parse_strace_summary(text);
-        assert_eq!(v, vec![("sendto".into(), 128), ("recvfrom".into(), 130), ("epoll_wait".into(), 2)]);
+        assert_eq!(
+            v,
+            vec![
+                ("sendto".into(), 128),
+                ("recvfrom".into(), 130),
+                ("epoll_wait".into(), 2)
+            ]
+        );
     }
 }

@@ -46,13 +46,6 @@ impl Json {
         }
     }
 
-    pub fn entries(&self) -> &[(String, Json)] {
-        match self {
-            Json::Obj(e) => e,
-            _ => &[],
-        }
-    }
-
     pub fn pretty(&self) -> String {
         let mut s = String::new();
         self.write(&mut s, 0);
@@ -76,7 +69,10 @@ impl Json {
             Json::Str(s) => write_str(out, s),
             Json::Arr(items) => {
                 // Arrays of numbers stay on one line.
-                if items.iter().all(|i| matches!(i, Json::Num(_) | Json::Null | Json::Str(_))) {
+                if items
+                    .iter()
+                    .all(|i| matches!(i, Json::Num(_) | Json::Null | Json::Str(_)))
+                {
                     out.push('[');
                     for (i, item) in items.iter().enumerate() {
                         if i > 0 {
@@ -122,7 +118,10 @@ impl Json {
     }
 
     pub fn parse(text: &str) -> Result<Json, String> {
-        let mut p = Parser { b: text.as_bytes(), at: 0 };
+        let mut p = Parser {
+            b: text.as_bytes(),
+            at: 0,
+        };
         let v = p.value()?;
         p.ws();
         if p.at != p.b.len() {
@@ -277,7 +276,12 @@ impl Parser<'_> {
             }
             Some(_) => {
                 let start = self.at;
-                while self.at < self.b.len() && matches!(self.b[self.at], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+                while self.at < self.b.len()
+                    && matches!(
+                        self.b[self.at],
+                        b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'
+                    )
+                {
                     self.at += 1;
                 }
                 std::str::from_utf8(&self.b[start..self.at])

@@ -24,10 +24,18 @@ pub enum Kind {
     CoturnDefault,
     FwdPlain,
     FwdBatched,
+    FwdGso,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [Kind::Relay, Kind::CoturnOne, Kind::CoturnDefault, Kind::FwdPlain, Kind::FwdBatched];
+    pub const ALL: [Kind; 6] = [
+        Kind::Relay,
+        Kind::CoturnOne,
+        Kind::CoturnDefault,
+        Kind::FwdPlain,
+        Kind::FwdBatched,
+        Kind::FwdGso,
+    ];
 
     /// Short name used in JSON keys and on the command line.
     pub fn key(self) -> &'static str {
@@ -37,6 +45,7 @@ impl Kind {
             Kind::CoturnDefault => "coturn-default",
             Kind::FwdPlain => "fwd-plain",
             Kind::FwdBatched => "fwd-batched",
+            Kind::FwdGso => "fwd-gso",
         }
     }
 
@@ -47,6 +56,7 @@ impl Kind {
             Kind::CoturnDefault => "coturn, default threads (one per CPU)",
             Kind::FwdPlain => "bare forwarder, recv_from/send_to per datagram",
             Kind::FwdBatched => "bare forwarder, recvmmsg/sendmmsg of up to 64",
+            Kind::FwdGso => "bare forwarder, recvmmsg, sendmmsg of UDP GSO runs",
         }
     }
 
@@ -110,11 +120,16 @@ impl Server {
                     format!("--auth-secret={}", tools.secret),
                     format!("--realm={REALM}"),
                     "--allow-loopback-peers".into(),
+                    // Every allocation of the benchmark uses one user name.
+                    "--max-allocations-per-user=100000".into(),
                 ],
             ),
             Kind::CoturnOne | Kind::CoturnDefault => {
                 let Some(turnserver) = &tools.turnserver else {
-                    return Err(io::Error::new(io::ErrorKind::NotFound, "turnserver (coturn) not installed"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "turnserver (coturn) not installed",
+                    ));
                 };
                 let mut a = vec![
                     "-n".to_string(), // no configuration file
@@ -140,19 +155,32 @@ impl Server {
                     // Log lines go to our log file through stdout; no file under /var/log.
                     "--log-file=stdout".into(),
                     "--simple-log".into(),
-                    format!("--pidfile={}", tools.workdir.join(format!("turnserver-{seq}.pid")).display()),
+                    format!(
+                        "--pidfile={}",
+                        tools
+                            .workdir
+                            .join(format!("turnserver-{seq}.pid"))
+                            .display()
+                    ),
                 ];
                 if kind == Kind::CoturnOne {
                     a.push("--relay-threads=1".into());
                 }
                 (turnserver.clone(), a)
             }
-            Kind::FwdPlain | Kind::FwdBatched => {
+            Kind::FwdPlain | Kind::FwdBatched | Kind::FwdGso => {
                 let o = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
                 out = Some(o);
-                let mut a = vec!["--in".into(), listen.to_string(), "--out".into(), o.to_string()];
-                if kind == Kind::FwdBatched {
-                    a.push("--batched".into());
+                let mut a = vec![
+                    "--in".into(),
+                    listen.to_string(),
+                    "--out".into(),
+                    o.to_string(),
+                ];
+                match kind {
+                    Kind::FwdBatched => a.push("--batched".into()),
+                    Kind::FwdGso => a.push("--gso".into()),
+                    _ => {}
                 }
                 (tools.forwarder.clone(), a)
             }
@@ -170,7 +198,9 @@ impl Server {
         };
         cmd.args(&args);
         let logfile = fs::File::create(&log)?;
-        cmd.stdin(Stdio::null()).stderr(logfile.try_clone()?).env("RUST_LOG", "info");
+        cmd.stdin(Stdio::null())
+            .stderr(logfile.try_clone()?)
+            .env("RUST_LOG", "info");
         if kind.is_turn() {
             cmd.stdout(logfile);
         } else {
@@ -190,9 +220,18 @@ impl Server {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| io::Error::new(e.kind(), format!("spawn {}: {e}", program.display())))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("spawn {}: {e}", program.display())))?;
         let pid = child.id();
-        let mut server = Server { kind, child: Some(child), pid, listen, out, log };
+        let mut server = Server {
+            kind,
+            child: Some(child),
+            pid,
+            listen,
+            out,
+            log,
+        };
         let deadline = Instant::now()
             + match wrapper {
                 Wrapper::None => Duration::from_secs(15),
@@ -206,7 +245,10 @@ impl Server {
         if let Err(e) = ready {
             let tail = server.log_tail();
             server.stop();
-            return Err(io::Error::new(e.kind(), format!("{} did not start: {e}\n{tail}", kind.key())));
+            return Err(io::Error::new(
+                e.kind(),
+                format!("{} did not start: {e}\n{tail}", kind.key()),
+            ));
         }
         Ok(server)
     }
@@ -234,14 +276,25 @@ impl Server {
                 return Ok(());
             }
         }
-        Err(io::Error::new(io::ErrorKind::TimedOut, "no answer to STUN Binding"))
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "no answer to STUN Binding",
+        ))
     }
 
     fn wait_forwarder_ready(&mut self) -> io::Result<()> {
-        let stdout = self.child.as_mut().and_then(|c| c.stdout.take()).ok_or_else(|| io::Error::other("no stdout"))?;
+        let stdout = self
+            .child
+            .as_mut()
+            .and_then(|c| c.stdout.take())
+            .ok_or_else(|| io::Error::other("no stdout"))?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
-        if line.trim() == "ready" { Ok(()) } else { Err(io::Error::other("forwarder did not print ready")) }
+        if line.trim() == "ready" {
+            Ok(())
+        } else {
+            Err(io::Error::other("forwarder did not print ready"))
+        }
     }
 
     pub fn log_tail(&self) -> String {
@@ -257,11 +310,13 @@ impl Server {
 
     /// VmRSS in KiB.
     pub fn rss_kib(&self) -> io::Result<u64> {
-        proc_rss_kib(self.pid)
+        proc_status_kib(self.pid, "VmRSS:")
     }
 
-    pub fn threads(&self) -> usize {
-        fs::read_dir(format!("/proc/{}/task", self.pid)).map_or(0, |d| d.count())
+    /// RssAnon in KiB: the private part of the RSS (heap, stacks), without the shared
+    /// pages of the executable and libraries.
+    pub fn rss_anon_kib(&self) -> io::Result<u64> {
+        proc_status_kib(self.pid, "RssAnon:")
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -270,7 +325,9 @@ impl Server {
 
     /// SIGTERM, then SIGKILL after 5 s; always reaps.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         if let Ok(None) = child.try_wait() {
             // SAFETY: signalling our own child, which is not yet reaped.
             unsafe {
@@ -297,7 +354,10 @@ impl Drop for Server {
 
 pub fn proc_cpu_ticks(pid: u32) -> io::Result<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').map(|(_, s)| s).ok_or_else(|| io::Error::other("bad stat"))?;
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, s)| s)
+        .ok_or_else(|| io::Error::other("bad stat"))?;
     let fields: Vec<&str> = after.split_whitespace().collect();
     // fields[0] is field 3 (state); utime is field 14, stime field 15.
     let utime: u64 = fields.get(11).and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -309,18 +369,20 @@ pub fn self_cpu_ticks() -> u64 {
     proc_cpu_ticks(std::process::id()).unwrap_or(0)
 }
 
-pub fn proc_rss_kib(pid: u32) -> io::Result<u64> {
+pub fn proc_status_kib(pid: u32, field: &str) -> io::Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| io::Error::other("no VmRSS"))
+        .ok_or_else(|| io::Error::other(format!("no {field} in /proc/{pid}/status")))
 }
 
 pub fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| is_executable(p))
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {

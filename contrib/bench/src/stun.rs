@@ -50,7 +50,8 @@ impl Credentials {
             .map_or(0, |d| d.as_secs())
             + 24 * 3600;
         let username = format!("{expiry}:{id}");
-        let mut mac = <Hmac<Sha1> as KeyInit>::new_from_slice(secret.as_bytes()).expect("any key length");
+        let mut mac =
+            <Hmac<Sha1> as KeyInit>::new_from_slice(secret.as_bytes()).expect("any key length");
         mac.update(username.as_bytes());
         let password = STANDARD.encode(mac.finalize().into_bytes());
         let key: [u8; 16] = Md5::new()
@@ -87,9 +88,10 @@ impl Builder {
 
     pub fn attr(mut self, attr_type: u16, value: &[u8]) -> Builder {
         self.buf.extend_from_slice(&attr_type.to_be_bytes());
-        self.buf.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        self.buf
+            .extend_from_slice(&(value.len() as u16).to_be_bytes());
         self.buf.extend_from_slice(value);
-        while self.buf.len() % 4 != 0 {
+        while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
         let len = self.buf.len() - 20;
@@ -188,7 +190,9 @@ impl<'a> Parsed<'a> {
         }
         let msg_type = u16::from_be_bytes([buf[0], buf[1]]);
         let len = u16::from_be_bytes([buf[2], buf[3]]) as usize;
-        if u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) != MAGIC_COOKIE || 20 + len > buf.len() {
+        if u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) != MAGIC_COOKIE
+            || 20 + len > buf.len()
+        {
             return None;
         }
         let mut tid = [0u8; 12];
@@ -204,7 +208,11 @@ impl<'a> Parsed<'a> {
             attrs.push((t, &buf[at + 4..at + 4 + l]));
             at += 4 + l.div_ceil(4) * 4;
         }
-        Some(Parsed { msg_type, tid, attrs })
+        Some(Parsed {
+            msg_type,
+            tid,
+            attrs,
+        })
     }
 
     pub fn attr(&self, t: u16) -> Option<&'a [u8]> {
@@ -242,7 +250,10 @@ impl TidSource {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        TidSource { tag: (nanos ^ std::process::id()).to_be_bytes(), next: 1 }
+        TidSource {
+            tag: (nanos ^ std::process::id()).to_be_bytes(),
+            next: 1,
+        }
     }
 
     pub fn next(&mut self) -> [u8; 12] {

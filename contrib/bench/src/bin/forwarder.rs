@@ -8,9 +8,10 @@
 //!
 //! The event loop is the relay's shape without the protocol: level-triggered epoll, then up
 //! to 64 datagrams per ready socket per turn. `--batched` reads and writes those 64 with one
-//! recvmmsg and one sendmmsg instead of one recv_from and one send_to each.
+//! recvmmsg and one sendmmsg instead of one recv_from and one send_to each; `--gso` also
+//! sends each run of equal-size datagrams as one UDP GSO message, as the relay does.
 //!
-//! Usage: forwarder --in ADDR --out ADDR [--batched]   (prints "ready" once bound)
+//! Usage: forwarder --in ADDR --out ADDR [--batched | --gso]   (prints "ready" once bound)
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, UdpSocket};
@@ -19,6 +20,13 @@ use std::os::fd::AsRawFd;
 use relay_bench::sys::{self, Batch, Epoll};
 
 const BUDGET: usize = 64;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Plain,
+    Batched,
+    Gso,
+}
 const SLOT: usize = 65536;
 
 struct Side {
@@ -30,39 +38,47 @@ struct Side {
 fn main() {
     let mut in_addr: Option<SocketAddr> = None;
     let mut out_addr: Option<SocketAddr> = None;
-    let mut batched = false;
+    let mut mode = Mode::Plain;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--in" => in_addr = args.next().and_then(|a| a.parse().ok()),
             "--out" => out_addr = args.next().and_then(|a| a.parse().ok()),
-            "--batched" => batched = true,
+            "--batched" => mode = Mode::Batched,
+            "--gso" => mode = Mode::Gso,
             _ => {
-                eprintln!("usage: forwarder --in ADDR --out ADDR [--batched]");
+                eprintln!("usage: forwarder --in ADDR --out ADDR [--batched | --gso]");
                 std::process::exit(2);
             }
         }
     }
     let (Some(in_addr), Some(out_addr)) = (in_addr, out_addr) else {
-        eprintln!("usage: forwarder --in ADDR --out ADDR [--batched]");
+        eprintln!("usage: forwarder --in ADDR --out ADDR [--batched | --gso]");
         std::process::exit(2);
     };
-    if let Err(e) = run(in_addr, out_addr, batched) {
+    if let Err(e) = run(in_addr, out_addr, mode) {
         eprintln!("forwarder: {e}");
         std::process::exit(1);
     }
 }
 
 fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let s = sys::udp_bind(addr).map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
+    let s =
+        sys::udp_bind(addr).map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
     s.set_nonblocking(true)?;
     Ok(s)
 }
 
-fn run(in_addr: SocketAddr, out_addr: SocketAddr, batched: bool) -> io::Result<()> {
+fn run(in_addr: SocketAddr, out_addr: SocketAddr, mode: Mode) -> io::Result<()> {
     let mut sides = [
-        Side { socket: bind(in_addr)?, last_source: None },
-        Side { socket: bind(out_addr)?, last_source: None },
+        Side {
+            socket: bind(in_addr)?,
+            last_source: None,
+        },
+        Side {
+            socket: bind(out_addr)?,
+            last_source: None,
+        },
     ];
     let mut epoll = Epoll::new(8)?;
     epoll.add(sides[0].socket.as_raw_fd(), 0)?;
@@ -73,14 +89,15 @@ fn run(in_addr: SocketAddr, out_addr: SocketAddr, batched: bool) -> io::Result<(
     let mut ready = Vec::with_capacity(2);
     let mut batch = Batch::new(BUDGET, SLOT);
     let mut buf = vec![0u8; SLOT];
+    let mut gso = sys::GsoSender::new(BUDGET);
     loop {
         epoll.wait(-1, &mut ready)?;
         for &token in &ready {
             let from = token as usize;
-            if batched {
-                forward_batched(&mut sides, from, &mut batch);
-            } else {
-                forward_plain(&mut sides, from, &mut buf);
+            match mode {
+                Mode::Plain => forward_plain(&mut sides, from, &mut buf),
+                Mode::Batched => forward_batched(&mut sides, from, &mut batch, None),
+                Mode::Gso => forward_batched(&mut sides, from, &mut batch, Some(&mut gso)),
             }
         }
     }
@@ -126,8 +143,13 @@ fn forward_plain(sides: &mut [Side; 2], from: usize, buf: &mut [u8]) {
     }
 }
 
-/// Up to BUDGET datagrams with one recvmmsg and one sendmmsg.
-fn forward_batched(sides: &mut [Side; 2], from: usize, batch: &mut Batch) {
+/// Up to BUDGET datagrams with one recvmmsg and one sendmmsg (of GSO runs with `gso`).
+fn forward_batched(
+    sides: &mut [Side; 2],
+    from: usize,
+    batch: &mut Batch,
+    gso: Option<&mut sys::GsoSender>,
+) {
     let to = 1 - from;
     let rfd = sides[from].socket.as_raw_fd();
     let sfd = sides[to].socket.as_raw_fd();
@@ -147,6 +169,10 @@ fn forward_batched(sides: &mut [Side; 2], from: usize, batch: &mut Batch) {
     let Some((dest, destlen)) = sides[to].last_source else {
         return;
     };
+    if let Some(gso) = gso {
+        gso.send(sfd, batch, n, &dest, destlen);
+        return;
+    }
     for i in 0..n {
         batch.reflect_len(i);
         batch.set_dest_raw(i, &dest, destlen);
