@@ -130,7 +130,7 @@ impl Batch {
                 fd,
                 self.recv_hdrs.as_mut_ptr(),
                 BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
+                libc::MSG_DONTWAIT as _, // c_int on glibc, c_uint on musl
                 std::ptr::null_mut(),
             )
         };
