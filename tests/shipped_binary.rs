@@ -6,7 +6,6 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Instant;
@@ -20,12 +19,6 @@ use stun_codec::rfc5389::methods::BINDING;
 /// holds one 64 KiB receive buffer and nothing per client before an allocation exists).
 const IDLE_RSS_LIMIT_KB: u64 = 16 * 1024;
 
-fn binary() -> PathBuf {
-    std::env::var_os("RELAY_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_relay")))
-}
-
 /// The started binary, killed and reaped when dropped (also when an assertion fails).
 struct Running(Child);
 
@@ -38,7 +31,7 @@ impl Drop for Running {
 
 #[test]
 fn shipped_binary_prints_help() {
-    let output = Command::new(binary())
+    let output = Command::new(common::relay_binary())
         .arg("--help")
         .output()
         .expect("run --help");
@@ -50,7 +43,7 @@ fn shipped_binary_prints_help() {
 
 #[test]
 fn shipped_binary_answers_binding_with_little_memory() {
-    let path = binary();
+    let path = common::relay_binary();
     let mut child = Command::new(&path)
         .args(["--listen-addr", "127.0.0.1:0", "--auth-secret", "shipped"])
         .args(["--lowest-port", "47200", "--highest-port", "47209"])

@@ -20,6 +20,14 @@ pub const REALM: &str = "test.realm";
 /// Every wait in these tests is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The binary under test: the one cargo built, or `RELAY_BIN` (tests/run points it at the
+/// static musl build to run the same tests against what operators ship).
+pub fn relay_binary() -> std::path::PathBuf {
+    std::env::var_os("RELAY_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_BIN_EXE_relay")))
+}
+
 /// The relay binary, killed when dropped.
 pub struct RelayProcess {
     child: Child,
@@ -37,7 +45,7 @@ impl RelayProcess {
     }
 
     pub fn start_with(args: &[&str]) -> RelayProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
+        let mut child = Command::new(relay_binary())
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
