@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use clap::Parser;
 
 use crate::core::credentials::rest_api_password;
-use crate::core::{Config, Lifetimes, RelayAddress};
+use crate::core::{Cidr, Config, Lifetimes, RelayAddress};
 use crate::driver::interfaces;
 
 pub const DEFAULT_REALM: &str = "relay";
@@ -78,6 +78,25 @@ pub struct Args {
     /// Allow peers on loopback addresses (for tests; otherwise they get 403).
     #[arg(long, env = "RELAY_ALLOW_LOOPBACK_PEERS")]
     pub allow_loopback_peers: bool,
+
+    /// Allow peers in this prefix (e.g. 10.1.0.0/16, or a bare address), overriding the
+    /// built-in denial of special-purpose ranges; the most specific prefix wins (repeatable).
+    #[arg(
+        long = "allow-peer",
+        env = "RELAY_ALLOW_PEER",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub allow_peer: Vec<Cidr>,
+
+    /// Deny peers in this prefix (403); at equal prefix length deny beats allow (repeatable).
+    #[arg(
+        long = "deny-peer",
+        env = "RELAY_DENY_PEER",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub deny_peer: Vec<Cidr>,
 
     /// Live allocations one user (the <id> of <expiry>:<id>) may hold; more get 486.
     #[arg(
@@ -222,6 +241,8 @@ pub fn settings(
         relay_v6,
         ports: args.lowest_port..=args.highest_port,
         allow_loopback_peers: args.allow_loopback_peers,
+        allow_peers: args.allow_peer,
+        deny_peers: args.deny_peer,
         lifetimes: Lifetimes::default(),
         max_allocations_per_user: args.max_allocations_per_user,
         max_allocations: args.max_allocations.unwrap_or(port_count),

@@ -7,7 +7,34 @@ use super::allocation::{MAX_CHANNELS, MAX_PERMISSIONS, RelaySocket};
 use super::ids::{AllocationId, Family};
 use super::server::Server;
 
+/// How much per-client state the core holds: what an unauthenticated flood must leave at
+/// zero. (The rate limiter's table is fixed-size and not counted.)
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    pub allocations: usize,
+    pub five_tuples: usize,
+    pub users_with_allocations: usize,
+    pub reservations: usize,
+    pub ports_in_use: usize,
+    pub queued_outputs: usize,
+    /// Whether any deadline is scheduled (the timer heap is non-empty).
+    pub timer_scheduled: bool,
+}
+
 impl Server {
+    /// The per-client state held right now; all zero for a server nobody authenticated to.
+    pub fn footprint(&self) -> Footprint {
+        Footprint {
+            allocations: self.allocations.len(),
+            five_tuples: self.by_client.len(),
+            users_with_allocations: self.user_allocations.len(),
+            reservations: self.reservations.len(),
+            ports_in_use: self.ports.iter().map(|p| p.in_use()).sum(),
+            queued_outputs: self.outputs.len(),
+            timer_scheduled: self.poll_timeout().is_some(),
+        }
+    }
+
     /// Every broken invariant, described; empty when the state is consistent.
     pub fn invariant_violations(&self) -> Vec<String> {
         let mut broken = Vec::new();

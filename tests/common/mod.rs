@@ -37,8 +37,14 @@ impl RelayProcess {
     }
 
     pub fn start_with(args: &[&str]) -> RelayProcess {
+        RelayProcess::start_with_env(args, &[])
+    }
+
+    /// `start_with`, plus environment variables (RELAY_* configuration).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> RelayProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
