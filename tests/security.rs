@@ -810,4 +810,87 @@ mod over_udp {
         let (mut client, _) = allocate(&strict, "bob");
         assert_eq!(bind(&mut client, 0x4000, allowed_addr), Some(403));
     }
+
+    #[test]
+    fn running_out_of_descriptors_gives_508_and_the_relay_keeps_working() {
+        use std::os::unix::process::CommandExt;
+        use stun_codec::rfc5389::methods::BINDING;
+        use stun_codec::rfc5766::attributes::Lifetime;
+        use stun_codec::rfc5766::methods::REFRESH;
+
+        const NOFILE: libc::rlim_t = 16;
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_relay"));
+        command.args([
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--realm",
+            common::REALM,
+            "--auth-secret",
+            common::SECRET,
+            "--lowest-port",
+            "44400",
+            "--highest-port",
+            "44499",
+        ]);
+        // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+        unsafe {
+            command.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: NOFILE,
+                    rlim_max: NOFILE,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let mut relay = RelayProcess::start_command(command);
+        relay.wait_for_log("file descriptors: 16");
+
+        // Allocate (each one a relay socket) until the descriptors run out.
+        let mut clients = Vec::new();
+        let outcome = loop {
+            assert!(clients.len() < 16, "more allocations than descriptors");
+            let (username, password) = credentials(&format!("user{}", clients.len()));
+            let mut client = Client::new(relay.addr, &username, &password);
+            let r = client.authenticated(
+                ALLOCATE,
+                vec![Attribute::RequestedTransport(RequestedTransport::new(17))],
+            );
+            if r.class() != MessageClass::SuccessResponse {
+                break r.error_code();
+            }
+            clients.push(client);
+        };
+        assert_eq!(outcome, Some(508));
+        assert!(
+            clients.len() >= 3,
+            "only {} allocations fitted",
+            clients.len()
+        );
+
+        // Still answering; freeing one allocation lets the next one in.
+        let mut probe = Client::new(relay.addr, "", "");
+        assert_eq!(
+            probe.request(BINDING, vec![]).class(),
+            MessageClass::SuccessResponse
+        );
+        let deleted =
+            clients[0].authenticated(REFRESH, vec![Attribute::Lifetime(Lifetime::from_u32(0))]);
+        assert_eq!(deleted.class(), MessageClass::SuccessResponse);
+        let (username, password) = credentials("late");
+        let mut late = Client::new(relay.addr, &username, &password);
+        let r = late.authenticated(
+            ALLOCATE,
+            vec![Attribute::RequestedTransport(RequestedTransport::new(17))],
+        );
+        assert_eq!(
+            r.class(),
+            MessageClass::SuccessResponse,
+            "{:?}",
+            r.error_code()
+        );
+    }
 }

@@ -42,9 +42,14 @@ impl RelayProcess {
 
     /// `start_with`, plus environment variables (RELAY_* configuration).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> RelayProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
-            .args(args)
-            .envs(env.iter().copied())
+        let mut command = Command::new(env!("CARGO_BIN_EXE_relay"));
+        command.args(args).envs(env.iter().copied());
+        RelayProcess::start_command(command)
+    }
+
+    /// Runs a prepared command of the relay binary (e.g. with process limits set).
+    pub fn start_command(mut command: Command) -> RelayProcess {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
