@@ -210,7 +210,7 @@ fn scenario(max_ops: usize) -> impl Strategy<Value = Scenario> {
 }
 
 proptest! {
-    #![proptest_config(config(256))]
+    #![proptest_config(config(1024))]
 
     /// Any sequence of inputs: no panic, invariants after every input, everything freed at
     /// the end (the harness asserts all of it).
@@ -255,7 +255,7 @@ proptest! {
 #[test]
 #[ignore = "BUG (latent): a stale handle_relay_opened is applied to an allocation reusing the AllocationId; see stale_relay_completion_is_not_applied_to_a_reused_allocation_id in tests/core_scenarios.rs"]
 fn invariants_hold_with_deferred_relay_socket_completions() {
-    let mut runner = proptest::test_runner::TestRunner::new(config(256));
+    let mut runner = proptest::test_runner::TestRunner::new(config(4096));
     let result = runner.run(&scenario(80), |scenario| {
         let mut driver = Driver::new(scenario.seed, true);
         for op in &scenario.ops {
