@@ -1,11 +1,11 @@
 //! Internal consistency of the core, checked by tests, property tests and fuzzers after every
 //! input. Cheap enough to call often in tests; never called on the production path.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::allocation::{MAX_CHANNELS, MAX_PERMISSIONS, RelaySocket};
 use super::ids::{AllocationId, Family};
-use super::server::Server;
+use super::server::{Server, quota_user};
 
 /// How much per-client state the core holds: what an unauthenticated flood must leave at
 /// zero. (The rate limiter's table is fixed-size and not counted.)
@@ -74,6 +74,21 @@ impl Server {
                     "{family:?}: pool says {in_use} ports in use, allocations hold {held_by_allocations}, reservations {held_by_reservations}"
                 ));
             }
+        }
+        // The per-user quota books: one count per live allocation of that user, no zeros.
+        let mut per_user: HashMap<&str, usize> = HashMap::new();
+        for (_, a) in &self.allocations {
+            *per_user.entry(quota_user(&a.username)).or_default() += 1;
+        }
+        let books: HashMap<&str, usize> = self
+            .user_allocations
+            .iter()
+            .map(|(user, count)| (user.as_str(), *count))
+            .collect();
+        if per_user != books {
+            broken.push(format!(
+                "per-user allocation counts {books:?}, allocations say {per_user:?}"
+            ));
         }
         let mut relays = HashSet::new();
         for (key, a) in &self.allocations {
