@@ -906,4 +906,147 @@ mod over_udp {
             r.error_code()
         );
     }
+
+    fn http_get(addr: SocketAddr, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect to metrics");
+        stream
+            .set_read_timeout(Some(common::WAIT))
+            .expect("timeout");
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: relay\r\n\r\n").expect("request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("response");
+        response
+    }
+
+    /// The value of one exact series (0 when absent).
+    fn metric(body: &str, series: &str) -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn rss_kib(pid: u32) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// Unauthenticated Allocates, and Allocates with made-up credentials, from `sources`
+    /// loopback addresses; returns the answers received.
+    fn flood(relay: SocketAddr, first: u8, sources: u8, per_source: u32) -> usize {
+        use stun_codec::rfc5389::attributes::{Nonce, Realm, Username};
+        use stun_codec::{Message, TransactionId};
+        let sockets: Vec<UdpSocket> = (0..sources)
+            .map(|i| {
+                let socket = UdpSocket::bind((std::net::Ipv4Addr::new(127, 3, first, i), 0))
+                    .expect("bind flood source");
+                socket.set_nonblocking(true).expect("non-blocking");
+                socket
+            })
+            .collect();
+        let mut answers = 0;
+        let mut buf = [0u8; 2048];
+        for n in 0..per_source {
+            for (i, socket) in sockets.iter().enumerate() {
+                let mut tid = [0x3C; 12];
+                tid[..4].copy_from_slice(&n.to_be_bytes());
+                tid[4] = i as u8;
+                let mut request =
+                    Message::new(MessageClass::Request, ALLOCATE, TransactionId::new(tid));
+                request.add_attribute(Attribute::RequestedTransport(RequestedTransport::new(17)));
+                let key = if n % 2 == 1 {
+                    request.add_attribute(Attribute::Username(
+                        Username::new(format!("{n}:mallory")).expect("username"),
+                    ));
+                    request.add_attribute(Attribute::Realm(
+                        Realm::new(common::REALM.to_owned()).expect("realm"),
+                    ));
+                    request.add_attribute(Attribute::Nonce(
+                        Nonce::new(format!("forged-{n}")).expect("nonce"),
+                    ));
+                    Some([0x42; 16])
+                } else {
+                    None
+                };
+                let bytes =
+                    relay::core::message::encode(request, key.as_ref().map(|k| &k[..]), false);
+                let _ = socket.send_to(&bytes, relay);
+                while socket.recv_from(&mut buf).is_ok() {
+                    answers += 1;
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        for socket in &sockets {
+            while socket.recv_from(&mut buf).is_ok() {
+                answers += 1;
+            }
+        }
+        answers
+    }
+
+    #[test]
+    fn unauthenticated_flood_from_many_sources_leaves_no_state_in_the_binary() {
+        let mut relay = RelayProcess::start(&[
+            "--auth-secret",
+            common::SECRET,
+            "--lowest-port",
+            "44500",
+            "--highest-port",
+            "44599",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ]);
+        let line = relay.wait_for_log("metrics on http://");
+        let start = line.find("http://").expect("url") + "http://".len();
+        let end = start + line[start..].find('/').expect("path");
+        let metrics: SocketAddr = line[start..end].parse().expect("metrics address");
+        let pid = relay.pid();
+
+        // Warm-up, so that buffers allocated once are in the baseline.
+        flood(relay.addr, 0, 4, 10);
+        let rss_before = rss_kib(pid);
+        // 200 sources x 100 requests: far beyond the 20-answer burst of each source.
+        let started = std::time::Instant::now();
+        let answers = flood(relay.addr, 1, 200, 100);
+        let elapsed = started.elapsed().as_secs() + 1;
+        let rss_after = rss_kib(pid);
+        let body = http_get(metrics, "/metrics");
+        let allocations = metric(&body, "relay_allocations{family=\"ipv4\"}");
+        let created = metric(&body, "relay_allocations_created_total");
+        let limited = metric(&body, "relay_drops_total{reason=\"rate_limited\"}");
+        let challenged = metric(
+            &body,
+            "relay_responses_total{method=\"allocate\",code=\"401\"}",
+        ) + metric(
+            &body,
+            "relay_responses_total{method=\"allocate\",code=\"438\"}",
+        );
+        eprintln!(
+            "flood: 20000 requests from 200 sources, {answers} answers received, {challenged} \
+             401/438 sent, {limited} rate-limited; VmRSS {rss_before} KiB -> {rss_after} KiB"
+        );
+        assert_eq!((allocations, created), (0, 0));
+        // Each source gets at most its burst (20) and the steady rate (10/s) while the flood
+        // lasts (the warm-up's 40 answers on top); everything else is dropped and counted.
+        let bound = 40 + 200 * (20 + 10 * elapsed);
+        assert!(answers > 0, "no answers at all");
+        assert!(
+            challenged <= bound && challenged < 20_000,
+            "{challenged} answers in {elapsed} s"
+        );
+        assert_eq!(
+            challenged + limited,
+            20_040,
+            "every request answered or counted"
+        );
+        assert!(
+            rss_after <= rss_before + 512,
+            "VmRSS grew from {rss_before} KiB to {rss_after} KiB"
+        );
+    }
 }
