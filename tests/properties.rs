@@ -303,3 +303,95 @@ fn generated_scenarios_exercise_the_core() {
         assert!(total.errors.contains_key(&code), "no {code}: {total:?}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The peer-address policy
+// ---------------------------------------------------------------------------------------
+
+mod policy {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    use proptest::prelude::*;
+    use relay::core::{Cidr, PeerPolicy, PeerUse};
+
+    /// The IPv6 forms that carry `v4` (mapped, NAT64 well-known prefix, 6to4 with any
+    /// subnet and interface bits).
+    fn carriers(v4: Ipv4Addr, low: u128) -> [Ipv6Addr; 3] {
+        let bits = u128::from(u32::from(v4));
+        [
+            Ipv6Addr::from((0xffff << 32) | bits),
+            Ipv6Addr::from((0x64_ff9b_u128 << 96) | bits),
+            Ipv6Addr::from((0x2002_u128 << 112) | (bits << 80) | (low & ((1 << 80) - 1))),
+        ]
+    }
+
+    fn policy(allow: &[Cidr], deny: &[Cidr]) -> PeerPolicy {
+        let own = vec![IpAddr::from([203, 0, 113, 10]), IpAddr::from([8, 8, 4, 4])];
+        PeerPolicy::new(false, allow.to_vec(), deny.to_vec(), own, 50000..=50099)
+    }
+
+    fn cidr4() -> impl Strategy<Value = Cidr> {
+        (any::<u32>(), 0u8..=32).prop_map(|(addr, len)| {
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            Cidr::new(IpAddr::V4(Ipv4Addr::from(addr & mask)), len)
+                .unwrap_or_else(|e| panic!("{e}"))
+        })
+    }
+
+    proptest! {
+        #![proptest_config(super::config(2048))]
+
+        /// An IPv6 address carrying an IPv4 one gets the IPv4 address's verdict, whatever
+        /// the operator's IPv4 rules, for every use and port.
+        #[test]
+        fn embedded_ipv4_forms_share_the_ipv4_verdict(
+            v4 in any::<u32>(),
+            low in any::<u128>(),
+            port in any::<u16>(),
+            allow in prop::collection::vec(cidr4(), 0..4),
+            deny in prop::collection::vec(cidr4(), 0..4),
+        ) {
+            let policy = policy(&allow, &deny);
+            let v4 = Ipv4Addr::from(v4);
+            for usage in [PeerUse::Permission, PeerUse::ChannelOrSend] {
+                let verdict = policy.allows(SocketAddr::new(v4.into(), port), usage);
+                for form in carriers(v4, low) {
+                    prop_assert_eq!(
+                        policy.allows(SocketAddr::new(form.into(), port), usage),
+                        verdict,
+                        "{} carrying {} ({:?})", form, v4, usage
+                    );
+                }
+            }
+        }
+
+        /// Port 0 is never a peer for ChannelBind or Send; a permission ignores the port.
+        #[test]
+        fn port_zero_and_permissions(ip in any::<[u8; 16]>(), v6 in any::<bool>(), port in 1u16..) {
+            let policy = policy(&[], &[]);
+            let ip = if v6 {
+                IpAddr::from(ip)
+            } else {
+                IpAddr::from([ip[0], ip[1], ip[2], ip[3]])
+            };
+            prop_assert!(!policy.allows(SocketAddr::new(ip, 0), PeerUse::ChannelOrSend));
+            prop_assert_eq!(
+                policy.allows(SocketAddr::new(ip, 0), PeerUse::Permission),
+                policy.allows(SocketAddr::new(ip, port), PeerUse::Permission)
+            );
+        }
+
+        /// A host rule of the operator decides for that host; deny wins a tie.
+        #[test]
+        fn exact_operator_rules_decide(addr in any::<u32>(), port in 1u16.., both in any::<bool>()) {
+            let host = Cidr::new(IpAddr::V4(Ipv4Addr::from(addr)), 32)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let peer = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(addr)), port);
+            let allowed = policy(&[host], &[]);
+            prop_assert!(allowed.allows(peer, PeerUse::ChannelOrSend));
+            let denied = if both { policy(&[host], &[host]) } else { policy(&[], &[host]) };
+            prop_assert!(!denied.allows(peer, PeerUse::ChannelOrSend));
+            prop_assert!(!denied.allows(peer, PeerUse::Permission));
+        }
+    }
+}
