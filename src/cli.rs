@@ -2,11 +2,12 @@
 //! core's `Config`. Invalid input is a clear message and a non-zero exit, never a panic.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
 use clap::Parser;
 
 use crate::core::credentials::rest_api_password;
-use crate::core::{Config, Lifetimes, RelayAddress};
+use crate::core::{Cidr, Config, Lifetimes, RelayAddress};
 use crate::driver::interfaces;
 
 pub const DEFAULT_REALM: &str = "relay";
@@ -79,6 +80,25 @@ pub struct Args {
     #[arg(long, env = "RELAY_ALLOW_LOOPBACK_PEERS")]
     pub allow_loopback_peers: bool,
 
+    /// Allow peers in this prefix (e.g. 10.1.0.0/16, or a bare address), overriding the
+    /// built-in denial of special-purpose ranges; the most specific prefix wins (repeatable).
+    #[arg(
+        long = "allow-peer",
+        env = "RELAY_ALLOW_PEER",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub allow_peer: Vec<Cidr>,
+
+    /// Deny peers in this prefix (403); at equal prefix length deny beats allow (repeatable).
+    #[arg(
+        long = "deny-peer",
+        env = "RELAY_DENY_PEER",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub deny_peer: Vec<Cidr>,
+
     /// Live allocations one user (the <id> of <expiry>:<id>) may hold; more get 486.
     #[arg(
         long,
@@ -95,6 +115,12 @@ pub struct Args {
     /// Serve GET /metrics (Prometheus) and GET /healthz on this TCP address [default: off].
     #[arg(long, env = "RELAY_METRICS_ADDR", value_name = "ADDR:PORT")]
     pub metrics_addr: Option<SocketAddr>,
+
+    /// For tests only (hidden): allocations last SECS (their default and maximum lifetime),
+    /// and permissions, channels and a channel's hold after expiry at most SECS, so that a
+    /// soak test can watch abandoned allocations expire in seconds instead of minutes.
+    #[arg(long, env = "RELAY_TEST_LIFETIME", value_name = "SECS", hide = true)]
+    pub test_lifetime: Option<u64>,
 
     #[command(subcommand)]
     pub command: Option<Subcommand>,
@@ -198,6 +224,16 @@ pub fn settings(
     if args.max_allocations_per_user == 0 || args.max_allocations == Some(0) {
         return Err("--max-allocations / --max-allocations-per-user: must be at least 1".into());
     }
+    let lifetimes = match args.test_lifetime {
+        None => Lifetimes::default(),
+        Some(0) => return Err("--test-lifetime: must be at least 1 second".into()),
+        Some(secs) => {
+            notes.push(format!(
+                "--test-lifetime {secs}: allocations, permissions and channels are short-lived (tests only)"
+            ));
+            short_lifetimes(Duration::from_secs(secs))
+        }
+    };
     let port_count = usize::from(args.highest_port - args.lowest_port) + 1;
     let relay_v4 = relay_address(
         &args.listen_addr,
@@ -222,7 +258,9 @@ pub fn settings(
         relay_v6,
         ports: args.lowest_port..=args.highest_port,
         allow_loopback_peers: args.allow_loopback_peers,
-        lifetimes: Lifetimes::default(),
+        allow_peers: args.allow_peer,
+        deny_peers: args.deny_peer,
+        lifetimes,
         max_allocations_per_user: args.max_allocations_per_user,
         max_allocations: args.max_allocations.unwrap_or(port_count),
     };
@@ -232,6 +270,19 @@ pub fn settings(
         notes,
         metrics_addr: args.metrics_addr,
     })
+}
+
+/// RFC lifetimes cut down to `limit` (nonces keep theirs: they are not per-client state).
+fn short_lifetimes(limit: Duration) -> Lifetimes {
+    let rfc = Lifetimes::default();
+    Lifetimes {
+        allocation_default: limit,
+        allocation_max: limit,
+        permission: rfc.permission.min(limit),
+        channel: rfc.channel.min(limit),
+        channel_hold: rfc.channel_hold.min(limit),
+        nonce_secs: rfc.nonce_secs,
+    }
 }
 
 /// Relay sockets of a family bind where that family's first listener does; the announced

@@ -37,6 +37,14 @@ fn help_lists_every_flag_with_its_environment_variable() {
         ("--realm", "RELAY_REALM"),
         ("--auth-secret", "RELAY_AUTH_SECRET"),
         ("--allow-loopback-peers", "RELAY_ALLOW_LOOPBACK_PEERS"),
+        ("--allow-peer", "RELAY_ALLOW_PEER"),
+        ("--deny-peer", "RELAY_DENY_PEER"),
+        (
+            "--max-allocations-per-user",
+            "RELAY_MAX_ALLOCATIONS_PER_USER",
+        ),
+        ("--max-allocations", "RELAY_MAX_ALLOCATIONS"),
+        ("--metrics-addr", "RELAY_METRICS_ADDR"),
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
         assert!(help.contains(env), "{env} missing from --help");
@@ -62,6 +70,26 @@ fn invalid_configuration_exits_non_zero_with_a_clear_message() {
         (&["--public-ip4-addr", "::1"], &[], "--public-ip4-addr"),
         (&["--no-such-flag"], &[], "--no-such-flag"),
         (&[], &[("RELAY_HIGHEST_PORT", "banana")], "--highest-port"),
+        (&["--allow-peer", "10.0.0.0/33"], &[], "--allow-peer"),
+        (
+            &["--allow-peer", "10.0.0.1/8"],
+            &[],
+            "did you mean 10.0.0.0/8",
+        ),
+        (&["--deny-peer", "not-a-cidr"], &[], "--deny-peer"),
+        (
+            &["--deny-peer", "2001:db8::/"],
+            &[],
+            "missing prefix length",
+        ),
+        (&["--deny-peer", "fd00::/129"], &[], "longer than 128"),
+        (&[], &[("RELAY_ALLOW_PEER", "10.1.0.0/16,bogus")], "bogus"),
+        (&[], &[("RELAY_DENY_PEER", "8.8.8.8/24")], "--deny-peer"),
+        (
+            &["--max-allocations-per-user", "0"],
+            &[],
+            "--max-allocations",
+        ),
     ];
     for (args, env, mentions) in cases {
         let output = run(args, env);
@@ -222,4 +250,32 @@ fn help_parser_sees_flags_only_in_the_option_column() {
             ("--gamma".to_owned(), Some("RELAY_GAMMA".to_owned())),
         ]
     );
+}
+
+#[test]
+fn effective_peer_policy_is_logged_at_start_up() {
+    let mut relay = RelayProcess::start_with_env(
+        &[
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--auth-secret",
+            "x",
+            "--lowest-port",
+            "44100",
+            "--highest-port",
+            "44199",
+            "--deny-peer",
+            "8.8.8.0/24",
+        ],
+        &[("RELAY_ALLOW_PEER", "10.1.0.0/16,fd00:1::/32")],
+    );
+    let line = relay.wait_for_log("peer policy:");
+    for part in [
+        "operator allow: 10.1.0.0/16, fd00:1::/32;",
+        "operator deny: 8.8.8.0/24;",
+        "loopback peers are denied",
+        "own addresses 127.0.0.1 are reachable on relay ports 44100-44199 only",
+    ] {
+        assert!(line.contains(part), "{part:?} missing from {line:?}");
+    }
 }

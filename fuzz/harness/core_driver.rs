@@ -36,6 +36,20 @@ use stun_codec::MessageClass;
 // The op model
 // ---------------------------------------------------------------------------------------
 
+/// With `RELAY_FUZZ_DUMP=<dir>`, every client datagram is written there (named by its
+/// hash): replaying the core_sequence corpus this way gives well-formed, authenticated
+/// seeds for the parse_datagram corpus, which the fuzzer would take long to find alone.
+fn dump_seed(bytes: &[u8]) {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    static DIR: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    if let Some(dir) = DIR.get_or_init(|| std::env::var_os("RELAY_FUZZ_DUMP").map(Into::into)) {
+        let mut hasher = DefaultHasher::new();
+        bytes.hash(&mut hasher);
+        // Best effort: a seed that cannot be written is just not a seed.
+        let _ = std::fs::write(dir.join(format!("{:016x}", hasher.finish())), bytes);
+    }
+}
+
 /// One fuzz/property case: a server seed, how the driver answers relay opens, and the inputs.
 #[derive(Debug, Clone)]
 #[cfg_attr(not(test), derive(arbitrary::Arbitrary))]
@@ -150,7 +164,9 @@ pub enum Method {
         peer: PeerChoice,
     },
     /// XOR-PEER-ADDRESS for each peer (at most 80).
-    CreatePermission { peers: Vec<PeerChoice> },
+    CreatePermission {
+        peers: Vec<PeerChoice>,
+    },
     Binding,
 }
 
@@ -298,6 +314,10 @@ pub fn users() -> [String; 4] {
     ]
 }
 
+#[allow(
+    clippy::needless_update,
+    reason = "every field is set today; fields the core grows later get their default"
+)]
 pub fn config() -> Config {
     Config {
         listeners: listeners(),
@@ -313,6 +333,10 @@ pub fn config() -> Config {
         }),
         ports: PORT_LOW..=PORT_HIGH,
         allow_loopback_peers: true,
+        // The known peers stand in for Internet hosts with documentation addresses, which
+        // the default policy denies: the operator rules open them (and get exercised).
+        allow_peers: vec![cidr("198.51.100.0/24"), cidr("2001:db8:1::/48")],
+        deny_peers: vec![cidr("198.51.100.3/32")],
         lifetimes: Lifetimes::default(),
         // Quotas below what the pool and the clients allow, so that 486 and 508 happen.
         max_allocations_per_user: 3,
@@ -320,6 +344,10 @@ pub fn config() -> Config {
         // Whatever else the core grows gets its default.
         ..Config::default()
     }
+}
+
+fn cidr(s: &str) -> relay::core::Cidr {
+    s.parse().expect("fixture prefix")
 }
 
 fn sa(s: &str) -> SocketAddr {
@@ -424,7 +452,9 @@ impl Reply {
 
     pub fn lifetime(&self) -> Option<u32> {
         let v = self.get(attr::LIFETIME)?;
-        Some(u32::from_be_bytes(v.try_into().expect("LIFETIME is 4 bytes")))
+        Some(u32::from_be_bytes(
+            v.try_into().expect("LIFETIME is 4 bytes"),
+        ))
     }
 
     pub fn nonce(&self) -> Option<String> {
@@ -766,6 +796,11 @@ impl Driver {
             None,
             "timers left after everything expired"
         );
+        assert_eq!(
+            self.server.footprint(),
+            relay::core::Footprint::default(),
+            "per-client state left after everything expired"
+        );
         self.check_invariants("the end");
     }
 
@@ -897,11 +932,17 @@ impl Driver {
             );
             if !self.deferred {
                 // Answered at the instant of the request: the whole lifetime is granted.
-                assert!(lifetime >= 600, "Allocate granted {lifetime} s, less than 600");
+                assert!(
+                    lifetime >= 600,
+                    "Allocate granted {lifetime} s, less than 600"
+                );
             }
             // Every relayed address is a socket the driver has open for this client.
             let relayed = reply.relayed();
-            assert!(!relayed.is_empty(), "Allocate success without a relayed address");
+            assert!(
+                !relayed.is_empty(),
+                "Allocate success without a relayed address"
+            );
             for addr in relayed {
                 let family = Family::of_addr(addr);
                 let public = config().relay_address(family).expect("family").public;
@@ -992,6 +1033,7 @@ impl Driver {
     ) -> Option<(Range<usize>, SocketAddr)> {
         self.current = Some(client);
         self.replies.clear();
+        dump_seed(bytes);
         let forward = self
             .server
             .handle_client_datagram(self.now(), client.0, client.1, bytes);
@@ -1134,7 +1176,10 @@ impl Driver {
                     ports_before - ports_after,
                     own_relays.len()
                 );
-                assert!(!own_relays.is_empty(), "Refresh(0) of an allocation without sockets");
+                assert!(
+                    !own_relays.is_empty(),
+                    "Refresh(0) of an allocation without sockets"
+                );
                 for i in own_relays {
                     assert!(self.relays[i].closed, "Refresh(0) left relay {i} open");
                 }
@@ -1143,7 +1188,10 @@ impl Driver {
                 let granted = answer.lifetime().expect("Refresh success without LIFETIME");
                 assert!(granted <= 3600, "Refresh granted {granted} s");
                 if let Some(asked) = lifetime {
-                    assert!(granted <= (*asked).max(600), "Refresh granted more than asked");
+                    assert!(
+                        granted <= (*asked).max(600),
+                        "Refresh granted more than asked"
+                    );
                 }
             }
             Method::ChannelBind { channel, .. } => {
@@ -1313,7 +1361,10 @@ pub fn check_frame(frame: &[u8], peer: SocketAddr, payload: &[u8]) {
             channel,
             payload: range,
         } => {
-            assert!((0x4000..=0x4FFF).contains(&channel), "channel {channel:#06x}");
+            assert!(
+                (0x4000..=0x4FFF).contains(&channel),
+                "channel {channel:#06x}"
+            );
             assert_eq!(&frame[range], payload, "ChannelData carries other bytes");
         }
         Framing::Stun(header) => {

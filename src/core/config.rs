@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
+use super::cidr::Cidr;
 use super::ids::Family;
 
 /// Where relay sockets of one family are bound, and the address clients are told about.
@@ -27,6 +28,9 @@ pub struct Config {
     pub relay_v6: Option<RelayAddress>,
     pub ports: RangeInclusive<u16>,
     pub allow_loopback_peers: bool,
+    /// Operator overrides of the peer-address policy (`--allow-peer`, `--deny-peer`).
+    pub allow_peers: Vec<Cidr>,
+    pub deny_peers: Vec<Cidr>,
     pub lifetimes: Lifetimes,
     /// Live allocations one user may hold (486 beyond). The user is the `<id>` part of a
     /// REST API username, or the whole username without one.
@@ -81,6 +85,8 @@ impl Default for Config {
             relay_v6: None,
             ports: 49152..=65535,
             allow_loopback_peers: false,
+            allow_peers: Vec::new(),
+            deny_peers: Vec::new(),
             lifetimes: Lifetimes::default(),
             max_allocations_per_user: 10,
             max_allocations: 16384,

@@ -1,13 +1,40 @@
 //! Internal consistency of the core, checked by tests, property tests and fuzzers after every
 //! input. Cheap enough to call often in tests; never called on the production path.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::allocation::{MAX_CHANNELS, MAX_PERMISSIONS, RelaySocket};
 use super::ids::Family;
-use super::server::Server;
+use super::server::{Server, quota_user};
+
+/// How much per-client state the core holds: what an unauthenticated flood must leave at
+/// zero. (The rate limiter's table is fixed-size and not counted.)
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    pub allocations: usize,
+    pub five_tuples: usize,
+    pub users_with_allocations: usize,
+    pub reservations: usize,
+    pub ports_in_use: usize,
+    pub queued_outputs: usize,
+    /// Whether any deadline is scheduled (the timer heap is non-empty).
+    pub timer_scheduled: bool,
+}
 
 impl Server {
+    /// The per-client state held right now; all zero for a server nobody authenticated to.
+    pub fn footprint(&self) -> Footprint {
+        Footprint {
+            allocations: self.allocations.len(),
+            five_tuples: self.by_client.len(),
+            users_with_allocations: self.user_allocations.len(),
+            reservations: self.reservations.len(),
+            ports_in_use: self.ports.iter().map(|p| p.in_use()).sum(),
+            queued_outputs: self.outputs.len(),
+            timer_scheduled: self.poll_timeout().is_some(),
+        }
+    }
+
     /// Every broken invariant, described; empty when the state is consistent.
     pub fn invariant_violations(&self) -> Vec<String> {
         let mut broken = Vec::new();
@@ -47,6 +74,21 @@ impl Server {
                     "{family:?}: pool says {in_use} ports in use, allocations hold {held_by_allocations}, reservations {held_by_reservations}"
                 ));
             }
+        }
+        // The per-user quota books: one count per live allocation of that user, no zeros.
+        let mut per_user: HashMap<&str, usize> = HashMap::new();
+        for (_, a) in self.allocations.iter() {
+            *per_user.entry(quota_user(&a.username)).or_default() += 1;
+        }
+        let books: HashMap<&str, usize> = self
+            .user_allocations
+            .iter()
+            .map(|(user, count)| (user.as_str(), *count))
+            .collect();
+        if per_user != books {
+            broken.push(format!(
+                "per-user allocation counts {books:?}, allocations say {per_user:?}"
+            ));
         }
         let mut relays = HashSet::new();
         for (id, a) in self.allocations.iter() {

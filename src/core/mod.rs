@@ -27,5 +27,6 @@ pub use cidr::{Cidr, CidrError};
 pub use config::{Config, Lifetimes, RelayAddress};
 pub use counters::{Counters, Gauges};
 pub use ids::{AllocationId, Family, ListenerId, Now, RelayId};
+pub use invariants::Footprint;
 pub use policy::{PeerPolicy, PeerUse};
 pub use server::{Deliver, Forward, HEADROOM, OpenError, Output, Server, TAILROOM};

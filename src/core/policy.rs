@@ -36,6 +36,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::{BitAnd, RangeInclusive};
 
 use super::cidr::{Cidr, mask4, mask6};
+use super::config::Config;
 
 /// What the peer address is used for: a permission ignores the port (RFC 8656 §10.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +146,29 @@ impl PeerPolicy {
             deny,
             own,
         }
+    }
+
+    /// The policy a relay with this configuration enforces: the operator's flags, and as
+    /// own addresses its listen IPs and its relayed (public) and bind IPs.
+    pub fn for_config(config: &Config) -> Self {
+        let own = config
+            .listeners
+            .iter()
+            .map(SocketAddr::ip)
+            .chain(
+                [config.relay_v4, config.relay_v6]
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|relay| [relay.public, relay.bind]),
+            )
+            .collect();
+        PeerPolicy::new(
+            config.allow_loopback_peers,
+            config.allow_peers.clone(),
+            config.deny_peers.clone(),
+            own,
+            config.ports.clone(),
+        )
     }
 
     pub fn allows(&self, peer: SocketAddr, usage: PeerUse) -> bool {

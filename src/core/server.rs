@@ -118,25 +118,7 @@ impl Server {
             PortPool::new(config.ports.clone()),
         ];
         Server {
-            policy: PeerPolicy::new(
-                config.allow_loopback_peers,
-                Vec::new(),
-                Vec::new(),
-                // The relay's own addresses: listen IPs, relayed (public) and bind IPs.
-                config
-                    .listeners
-                    .iter()
-                    .map(SocketAddr::ip)
-                    .chain(
-                        [config.relay_v4, config.relay_v6]
-                            .into_iter()
-                            .flatten()
-                            .flat_map(|relay| [relay.public, relay.bind]),
-                    )
-                    .filter(|ip| !ip.is_unspecified())
-                    .collect(),
-                config.ports.clone(),
-            ),
+            policy: PeerPolicy::for_config(&config),
             config,
             allocations: AllocationTable::default(),
             by_client: HashMap::with_hasher(SeededState::new(hash_key)),

@@ -45,8 +45,19 @@ impl RelayProcess {
     }
 
     pub fn start_with(args: &[&str]) -> RelayProcess {
-        let mut child = Command::new(relay_binary())
-            .args(args)
+        RelayProcess::start_with_env(args, &[])
+    }
+
+    /// `start_with`, plus environment variables (RELAY_* configuration).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> RelayProcess {
+        let mut command = Command::new(relay_binary());
+        command.args(args).envs(env.iter().copied());
+        RelayProcess::start_command(command)
+    }
+
+    /// Runs a prepared command of the relay binary (e.g. with process limits set).
+    pub fn start_command(mut command: Command) -> RelayProcess {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
