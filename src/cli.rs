@@ -134,14 +134,17 @@ pub enum Subcommand {
 
 #[derive(Debug, clap::Args)]
 pub struct CredentialsArgs {
-    /// The shared secret (the first --auth-secret of the relays).
+    /// The shared secret. Given a list (as the relays take it, `RELAY_AUTH_SECRET=NEW,OLD`),
+    /// credentials are minted from the first: the newest during a rotation.
     #[arg(
         long,
         env = "RELAY_AUTH_SECRET",
         value_name = "SECRET",
-        hide_env_values = true
+        hide_env_values = true,
+        required = true,
+        value_delimiter = ','
     )]
-    pub auth_secret: String,
+    pub auth_secret: Vec<String>,
     /// How long the credentials stay valid, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 86400)]
     pub ttl: u64,
@@ -155,9 +158,9 @@ pub struct CredentialsArgs {
 
 /// The username/password pair `relay credentials` prints, as text or JSON.
 pub fn mint_credentials(args: &CredentialsArgs, unix_now: u64) -> Result<String, String> {
-    if args.auth_secret.is_empty() {
+    let Some(secret) = args.auth_secret.first().filter(|s| !s.is_empty()) else {
         return Err("--auth-secret: must not be empty".into());
-    }
+    };
     if args
         .user
         .as_deref()
@@ -170,7 +173,7 @@ pub fn mint_credentials(args: &CredentialsArgs, unix_now: u64) -> Result<String,
         Some(id) => format!("{expires}:{id}"),
         None => expires.to_string(),
     };
-    let password = rest_api_password(args.auth_secret.as_bytes(), &username);
+    let password = rest_api_password(secret.as_bytes(), &username);
     Ok(if args.json {
         format!(
             r#"{{"username":"{username}","password":"{password}","ttl":{},"expires":{expires}}}"#,

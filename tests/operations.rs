@@ -342,6 +342,28 @@ fn credentials_subcommand_prints_text_and_rejects_bad_input() {
 }
 
 #[test]
+fn credentials_subcommand_mints_from_the_first_secret_of_a_rotation_list() {
+    // The relays' own environment during a rotation: RELAY_AUTH_SECRET=NEW,OLD.
+    let output = Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args(["credentials", "--json", "--user", "bob"])
+        .env("RELAY_AUTH_SECRET", "new-secret,old-secret")
+        .output()
+        .expect("run");
+    assert!(output.status.success(), "{output:?}");
+    let json = String::from_utf8(output.stdout).expect("utf8");
+    let field = |name: &str| -> String {
+        let start = json.find(&format!("\"{name}\":\"")).expect(name) + name.len() + 4;
+        json[start..].split('"').next().expect("value").to_owned()
+    };
+    let (username, password) = (field("username"), field("password"));
+    assert_eq!(
+        password,
+        relay::core::credentials::rest_api_password(b"new-secret", &username),
+        "{json}"
+    );
+}
+
+#[test]
 fn health_turns_503_while_no_relay_port_is_free() {
     // One relay port and an IPv4-only listener: one allocation uses up all capacity.
     let port = common::free_port_range(1).0.to_string();
