@@ -2679,6 +2679,15 @@ fn dual_stack_relays_ipv6_peers() {
         other6
     );
     assert_eq!(message.get_attribute::<Data>().unwrap().data(), b"hello");
+
+    // The largest IPv6 UDP payload (65527 B) does not fit a Data indication for an IPv6 peer
+    // (28 bytes of attributes headers and address on top): dropped and counted, not truncated.
+    assert!(h.peer(allocation, other6, &vec![0x55; 65527]).is_none());
+    assert_eq!(h.server.counters().peer_too_large, 1);
+    // The largest that fits: 28 + 65504 = 65532, no padding needed.
+    let (deliver, _) = h.peer(allocation, other6, &vec![0x55; 65504]).unwrap();
+    assert_eq!(deliver.frame, 0..HEADROOM + 65504);
+    assert_eq!(h.server.counters().peer_too_large, 1);
 }
 
 #[test]

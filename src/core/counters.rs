@@ -14,8 +14,9 @@ pub struct Counters {
     pub channel_data_unbound: u64,
     /// Peer datagrams from an address without a permission.
     pub peer_no_permission: u64,
-    /// Peer datagrams with a permission but no channel (issue 4 turns these into Data indications).
-    pub peer_no_channel: u64,
+    /// Peer datagrams too large to wrap in a Data indication (no channel bound, and the
+    /// STUN length field cannot hold payload plus header).
+    pub peer_too_large: u64,
     /// Send indications dropped (no allocation, no permission, malformed).
     pub send_dropped: u64,
     /// Datagrams for an allocation that no longer exists (in flight while it closed).

@@ -235,7 +235,13 @@ impl Server {
                 let mut transaction_id = [0u8; 12];
                 transaction_id[..8].copy_from_slice(&self.indication_prefix);
                 transaction_id[8..].copy_from_slice(&self.indication_counter.to_be_bytes());
-                write_data_indication_header(buf, HEADROOM, len, from, transaction_id)?
+                let Some(frame) =
+                    write_data_indication_header(buf, HEADROOM, len, from, transaction_id)
+                else {
+                    self.counters.peer_too_large += 1;
+                    return None;
+                };
+                frame
             }
         };
         self.counters.relayed_to_client_packets += 1;

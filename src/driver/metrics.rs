@@ -105,6 +105,7 @@ pub fn render(s: &Snapshot) -> String {
         ("channel_data_unbound", c.channel_data_unbound),
         ("peer_no_permission", c.peer_no_permission),
         ("peer_no_allocation", c.peer_no_allocation),
+        ("peer_too_large", c.peer_too_large),
         ("send_indication", c.send_dropped),
         ("rate_limited", c.rate_limited),
         ("send_failed", s.io.send_failed),
