@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Client, RelayProcess, channel_data, peer_socket};
+use common::{Client, RelayProcess, channel_data, http_get, peer_socket};
 use relay::core::message::Attribute;
 use stun_codec::MessageClass;
 use stun_codec::rfc5389::methods::BINDING;
@@ -37,22 +37,6 @@ fn relay_with_metrics(extra: &[&str]) -> (RelayProcess, SocketAddr) {
     let mut relay = RelayProcess::start(&args);
     let addr = relay.metrics_addr();
     (relay, addr)
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(common::WAIT))
-        .expect("timeout");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: relay\r\n\r\n").expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    let status = response[9..12].parse().expect("status");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 fn metric(body: &str, series: &str) -> u64 {

@@ -907,34 +907,6 @@ mod over_udp {
         );
     }
 
-    fn http_get(addr: SocketAddr, path: &str) -> String {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(addr).expect("connect to metrics");
-        stream
-            .set_read_timeout(Some(common::WAIT))
-            .expect("timeout");
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: relay\r\n\r\n").expect("request");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("response");
-        response
-    }
-
-    /// The value of one exact series (0 when absent).
-    fn metric(body: &str, series: &str) -> u64 {
-        body.lines()
-            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or(0)
-    }
-
-    fn rss_kib(pid: u32) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
-    }
-
     /// Unauthenticated Allocates, and Allocates with made-up credentials, from `sources`
     /// loopback addresses; returns the answers received.
     fn flood(relay: SocketAddr, first: u8, sources: u8, per_source: u32) -> usize {
@@ -1001,28 +973,25 @@ mod over_udp {
             "--metrics-addr",
             "127.0.0.1:0",
         ]);
-        let line = relay.wait_for_log("metrics on http://");
-        let start = line.find("http://").expect("url") + "http://".len();
-        let end = start + line[start..].find('/').expect("path");
-        let metrics: SocketAddr = line[start..end].parse().expect("metrics address");
+        let metrics = relay.metrics_addr();
         let pid = relay.pid();
 
         // Warm-up, so that buffers allocated once are in the baseline.
         flood(relay.addr, 0, 4, 10);
-        let rss_before = rss_kib(pid);
+        let rss_before = common::rss_kib(pid);
         // 200 sources x 100 requests: far beyond the 20-answer burst of each source.
         let started = std::time::Instant::now();
         let answers = flood(relay.addr, 1, 200, 100);
         let elapsed = started.elapsed().as_secs() + 1;
-        let rss_after = rss_kib(pid);
-        let body = http_get(metrics, "/metrics");
-        let allocations = metric(&body, "relay_allocations{family=\"ipv4\"}");
-        let created = metric(&body, "relay_allocations_created_total");
-        let limited = metric(&body, "relay_drops_total{reason=\"rate_limited\"}");
-        let challenged = metric(
+        let rss_after = common::rss_kib(pid);
+        let body = common::scrape(metrics);
+        let allocations = common::metric(&body, "relay_allocations{family=\"ipv4\"}");
+        let created = common::metric(&body, "relay_allocations_created_total");
+        let limited = common::metric(&body, "relay_drops_total{reason=\"rate_limited\"}");
+        let challenged = common::metric(
             &body,
             "relay_responses_total{method=\"allocate\",code=\"401\"}",
-        ) + metric(
+        ) + common::metric(
             &body,
             "relay_responses_total{method=\"allocate\",code=\"438\"}",
         );

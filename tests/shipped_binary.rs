@@ -73,7 +73,7 @@ fn shipped_binary_answers_binding_with_little_memory() {
         }
     };
     let addr = listen_address(&listening);
-    let idle_rss_kb = rss_kb(running.0.id());
+    let idle_rss_kb = common::rss_kib(running.0.id());
 
     let mut client = Client::new(addr, "", "");
     let response = client.request(BINDING, vec![]);
@@ -101,14 +101,4 @@ fn listen_address(line: &str) -> SocketAddr {
     let rest = &line[start..];
     let end = rest.find([']', ',']).expect("end of the address");
     rest[..end].parse().expect("listen address")
-}
-
-/// VmRSS of a process, in kB, from /proc.
-fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
 }

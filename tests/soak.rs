@@ -19,7 +19,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -63,18 +63,6 @@ fn soak_seconds() -> u64 {
 // The relay process from outside: metrics, descriptors, memory
 // ---------------------------------------------------------------------------------------
 
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).expect("connect to metrics");
-    stream
-        .set_read_timeout(Some(common::WAIT))
-        .expect("timeout");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: relay\r\n\r\n").expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
-}
-
 /// The sum of every series of `name` (all families / states given by `filter`).
 fn metric_sum(body: &str, name: &str, filter: &str) -> u64 {
     body.lines()
@@ -92,7 +80,7 @@ struct Load {
 }
 
 fn load(metrics: SocketAddr) -> Load {
-    let body = http_get(metrics, "/metrics");
+    let body = common::scrape(metrics);
     Load {
         allocations: metric_sum(&body, "relay_allocations{", ""),
         permissions: metric_sum(&body, "relay_permissions{", ""),
@@ -107,21 +95,6 @@ const IDLE: Load = Load {
     channels: 0,
     ports_used: 0,
 };
-
-fn open_descriptors(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("/proc/PID/fd")
-        .count()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
 
 /// Polls (bounded) until `done` holds, returning the last value seen.
 fn wait_for<T: std::fmt::Debug>(
@@ -389,8 +362,8 @@ fn churn_and_garbage_then_back_to_baseline() {
         |l| *l == IDLE,
     );
     thread::sleep(Duration::from_millis(300));
-    let baseline_fds = open_descriptors(pid);
-    let baseline_rss = rss_kib(pid);
+    let baseline_fds = common::open_descriptors(pid);
+    let baseline_rss = common::rss_kib(pid);
     assert_eq!(warm, IDLE);
 
     let seconds = soak_seconds();
@@ -454,10 +427,10 @@ fn churn_and_garbage_then_back_to_baseline() {
     let fds = wait_for(
         "open descriptors",
         Duration::from_secs(5),
-        || open_descriptors(pid),
+        || common::open_descriptors(pid),
         |n| *n == baseline_fds,
     );
-    let rss = rss_kib(pid);
+    let rss = common::rss_kib(pid);
 
     let cycles = tally.cycles.load(Ordering::Relaxed);
     let sent = tally.sent.load(Ordering::Relaxed);

@@ -2,8 +2,8 @@
 //! port range and its metrics, and client processes run with a time limit, their output
 //! captured and the process killed whatever happens.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
@@ -98,18 +98,7 @@ impl DualStackRelay {
     }
 
     pub fn metrics_text(&self) -> String {
-        let mut stream =
-            TcpStream::connect_timeout(&self.metrics, common::WAIT).expect("connect to /metrics");
-        stream
-            .set_read_timeout(Some(common::WAIT))
-            .expect("read timeout");
-        stream
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: relay\r\n\r\n")
-            .expect("send request");
-        let mut text = String::new();
-        stream.read_to_string(&mut text).expect("read /metrics");
-        assert!(text.starts_with("HTTP/1."), "not HTTP: {text}");
-        text
+        common::scrape(self.metrics)
     }
 
     pub fn responses(&self, method: &str, code: u16) -> u64 {
