@@ -114,7 +114,8 @@ fn listen_address_in_use_is_a_clear_start_up_error() {
 
 #[test]
 fn without_a_secret_the_logged_credentials_work() {
-    let mut relay = RelayProcess::start(&["--lowest-port", "43000", "--highest-port", "43099"]);
+    let (lowest, highest) = common::free_port_range_args(100);
+    let mut relay = RelayProcess::start(&["--lowest-port", &lowest, "--highest-port", &highest]);
     let line = relay.wait_for_log("username ");
     let words: Vec<&str> = line.split_whitespace().collect();
     let after = |key: &str| {

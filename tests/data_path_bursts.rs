@@ -20,14 +20,15 @@ use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND, REFRESH};
 const CHANNEL: u16 = 0x4002;
 
 fn relay() -> RelayProcess {
+    let (lowest, highest) = common::free_port_range_args(100);
     RelayProcess::start(&[
         "--auth-secret",
         common::SECRET,
         "--allow-loopback-peers",
         "--lowest-port",
-        "47000",
+        &lowest,
         "--highest-port",
-        "47099",
+        &highest,
     ])
 }
 

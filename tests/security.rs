@@ -756,6 +756,7 @@ mod over_udp {
     fn allow_peer_and_deny_peer_flags_work_over_udp() {
         // Loopback is denied by default; the operator opens 127.0.0.0/8 (flag) but closes
         // 127.0.0.2 and 127.0.0.4 again (environment, comma separated).
+        let (lowest, highest) = common::free_port_range_args(100);
         let relay = RelayProcess::start_with_env(
             &[
                 "--listen-addr",
@@ -765,9 +766,9 @@ mod over_udp {
                 "--auth-secret",
                 common::SECRET,
                 "--lowest-port",
-                "44200",
+                &lowest,
                 "--highest-port",
-                "44299",
+                &highest,
                 "--allow-peer",
                 "127.0.0.0/8",
             ],
@@ -812,13 +813,14 @@ mod over_udp {
         );
 
         // Without the flags the same peer is refused: the default denies loopback.
+        let (lowest, highest) = common::free_port_range_args(100);
         let strict = RelayProcess::start(&[
             "--auth-secret",
             common::SECRET,
             "--lowest-port",
-            "44300",
+            &lowest,
             "--highest-port",
-            "44399",
+            &highest,
         ]);
         let (mut client, _) = allocate(&strict, "bob");
         assert_eq!(bind(&mut client, 0x4000, allowed_addr), Some(403));
@@ -832,7 +834,8 @@ mod over_udp {
         use stun_codec::rfc5766::methods::REFRESH;
 
         const NOFILE: libc::rlim_t = 16;
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_relay"));
+        let (lowest, highest) = common::free_port_range_args(100);
+        let mut command = std::process::Command::new(common::relay_binary());
         command.args([
             "--listen-addr",
             "127.0.0.1:0",
@@ -841,9 +844,9 @@ mod over_udp {
             "--auth-secret",
             common::SECRET,
             "--lowest-port",
-            "44400",
+            &lowest,
             "--highest-port",
-            "44499",
+            &highest,
         ]);
         // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
         unsafe {
@@ -963,13 +966,14 @@ mod over_udp {
 
     #[test]
     fn unauthenticated_flood_from_many_sources_leaves_no_state_in_the_binary() {
+        let (lowest, highest) = common::free_port_range_args(100);
         let mut relay = RelayProcess::start(&[
             "--auth-secret",
             common::SECRET,
             "--lowest-port",
-            "44500",
+            &lowest,
             "--highest-port",
-            "44599",
+            &highest,
             "--metrics-addr",
             "127.0.0.1:0",
         ]);

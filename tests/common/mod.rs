@@ -184,6 +184,12 @@ pub fn free_port_range(len: u16) -> (u16, u16) {
     panic!("no {len} consecutive free UDP ports below {ceiling}");
 }
 
+/// `free_port_range(len)` as the strings `--lowest-port`/`--highest-port` take.
+pub fn free_port_range_args(len: u16) -> (String, String) {
+    let (lowest, highest) = free_port_range(len);
+    (lowest.to_string(), highest.to_string())
+}
+
 /// REST API credentials valid for an hour.
 pub fn credentials(user: &str) -> (String, String) {
     let expiry = unix_now() + 3600;
