@@ -2865,11 +2865,18 @@ fn stale_relay_completion_is_not_applied_to_a_reused_allocation_id() {
     let a = h.client("198.51.100.1:40000", "alice");
     h.open_script = VecDeque::from([OpenAnswer::Defer, OpenAnswer::Defer]);
     h.send(a.addr, dual(&a));
-    assert_eq!(h.drain().len(), 2);
+    let outputs = h.drain();
+    assert_eq!(outputs.len(), 2);
+    let Output::OpenRelay { addr: a_v6, .. } = outputs[1] else {
+        panic!("{outputs:?}");
+    };
     // A's IPv4 socket fails: A is gone (its IPv6 socket is still being opened).
     let (_, outputs) = h.complete(0, Err(OpenError::Other));
     assert_eq!(outputs.len(), 1);
     assert_eq!(to_client(&outputs[0], a.addr).error_code(), Some(508));
+    // A's IPv6 port stays taken while its bind is in flight: handing it to B now would race
+    // with that bind.
+    assert_eq!(h.server.ports_in_use(), [0, 1]);
     // B takes the same slot.
     let b = h.client("198.51.100.2:40000", "bob");
     h.open_script = VecDeque::from([OpenAnswer::Defer, OpenAnswer::Defer]);
@@ -2886,7 +2893,10 @@ fn stale_relay_completion_is_not_applied_to_a_reused_allocation_id() {
     // Same slot, new generation: the IDs differ, which is what keeps A's completion away.
     assert_eq!(b_id.slot, h.deferred[0].0.slot, "the slab slot was reused");
     assert_ne!(b_id, h.deferred[0].0);
-    // A's IPv6 socket opens now: it belongs to nobody and must be closed.
+    assert_ne!(b_v6, a_v6, "B was given the port A is still binding");
+    assert_eq!(h.server.ports_in_use(), [1, 2]);
+    // A's IPv6 socket opens now: it belongs to nobody and must be closed, and its port
+    // goes back to the pool.
     let (stale, outputs) = h.complete(1, Ok(()));
     assert_eq!(
         outputs,
@@ -2894,6 +2904,7 @@ fn stale_relay_completion_is_not_applied_to_a_reused_allocation_id() {
             relay: stale.unwrap()
         }]
     );
+    assert_eq!(h.server.ports_in_use(), [1, 1]);
     // B's own sockets open: it is answered with the ports it was given.
     let (_, outputs) = h.complete(2, Ok(()));
     assert_eq!(outputs, vec![]);

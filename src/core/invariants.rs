@@ -68,10 +68,15 @@ impl Server {
                 .values()
                 .filter(|r| r.family == family)
                 .count();
+            let held_by_orphaned_opens = self
+                .orphaned_opens
+                .keys()
+                .filter(|(_, f)| *f == family)
+                .count();
             let in_use = self.ports[family.index()].in_use();
-            if in_use != held_by_allocations + held_by_reservations {
+            if in_use != held_by_allocations + held_by_reservations + held_by_orphaned_opens {
                 broken.push(format!(
-                    "{family:?}: pool says {in_use} ports in use, allocations hold {held_by_allocations}, reservations {held_by_reservations}"
+                    "{family:?}: pool says {in_use} ports in use, allocations hold {held_by_allocations}, reservations {held_by_reservations}, opens of gone allocations {held_by_orphaned_opens}"
                 ));
             }
         }

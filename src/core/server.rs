@@ -100,6 +100,10 @@ pub struct Server {
     pub(super) unauthenticated_answers: RateLimit,
     /// Ports held for a later Allocate with RESERVATION-TOKEN, by token.
     pub(super) reservations: HashMap<u64, Reservation, SeededState>,
+    /// Ports of relay sockets still being opened for an allocation that is gone. They stay
+    /// taken until the driver's completion arrives: until then the bind may still succeed,
+    /// and handing the port to another allocation would race with it.
+    pub(super) orphaned_opens: HashMap<(AllocationId, Family), u16, SeededState>,
     /// Transaction IDs of Data indications: a random prefix and a counter, so the data path
     /// needs no call into the RNG.
     indication_prefix: [u8; 8],
@@ -123,6 +127,7 @@ impl Server {
             allocations: AllocationTable::default(),
             by_client: HashMap::with_hasher(SeededState::new(hash_key)),
             reservations: HashMap::with_hasher(SeededState::new(hash_key)),
+            orphaned_opens: HashMap::with_hasher(SeededState::new(hash_key)),
             user_allocations: HashMap::with_hasher(SeededState::new(hash_key)),
             unauthenticated_answers: RateLimit::new(SeededState::new(hash_key)),
             ports,
@@ -264,7 +269,11 @@ impl Server {
         let state = self.allocations.get(allocation).map(|a| a.relay(family));
         let Some(RelaySocket::Opening { port, attempts }) = state else {
             // The allocation went away meanwhile (the ID's generation no longer matches, even
-            // if a new allocation sits in the same slot): don't leak the socket.
+            // if a new allocation sits in the same slot): don't leak the socket, and give its
+            // port back now that the bind is settled.
+            if let Some(port) = self.orphaned_opens.remove(&(allocation, family)) {
+                self.ports[family.index()].release(port);
+            }
             if let Ok(relay) = result {
                 self.outputs.push_back(Output::CloseRelay { relay });
             }
@@ -404,11 +413,15 @@ impl Server {
         }
         for family in Family::ALL {
             let relay = allocation.relay(family);
-            if let RelaySocket::Open { relay, .. } = relay {
-                self.outputs.push_back(Output::CloseRelay { relay });
-            }
-            if let Some(port) = relay.port() {
-                self.ports[family.index()].release(port);
+            match relay {
+                RelaySocket::None => {}
+                RelaySocket::Opening { port, .. } => {
+                    self.orphaned_opens.insert((id, family), port);
+                }
+                RelaySocket::Open { relay, port } => {
+                    self.outputs.push_back(Output::CloseRelay { relay });
+                    self.ports[family.index()].release(port);
+                }
             }
         }
     }
