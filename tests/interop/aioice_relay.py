@@ -47,6 +47,7 @@ import zlib
 from aioice import stun, turn
 
 from aioice_address_family import request_address_family
+from hostport import parse_hostport
 
 MAGIC = b"RLY1"
 HEADER = struct.Struct("!4sII")  # magic, sequence number, crc32 of the rest
@@ -69,25 +70,6 @@ def parse_payload(data: bytes, size: int) -> int | None:
     if magic != MAGIC or data != make_payload(seq, size):
         return None
     return seq
-
-
-def parse_hostport(text: str) -> tuple[str, int]:
-    """Parse HOST:PORT or [IPV6]:PORT."""
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-        if not sep:
-            raise argparse.ArgumentTypeError(f"expected [IPV6]:PORT, got {text!r}")
-    else:
-        host, sep, port = text.rpartition(":")
-        if not sep or not host:
-            raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    try:
-        port_num = int(port)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad port in {text!r}") from None
-    if not 0 < port_num < 65536:
-        raise argparse.ArgumentTypeError(f"bad port in {text!r}")
-    return host, port_num
 
 
 def fmt_addr(addr: tuple | None) -> str | None:

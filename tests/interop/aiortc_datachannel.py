@@ -78,6 +78,7 @@ from aiortc import (
 )
 
 from aioice_address_family import request_address_family
+from hostport import parse_hostport
 
 MAGIC = b"DC01"
 # magic, direction (0: A->B, 1: B->A), sequence number, crc32 of the body
@@ -101,25 +102,6 @@ def parse_message(data: bytes | str, direction: int) -> int | None:
     if magic != MAGIC or got_direction != direction or data != make_message(direction, seq):
         return None
     return seq
-
-
-def parse_hostport(text: str) -> tuple[str, int]:
-    """Parse HOST:PORT or [IPV6]:PORT."""
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-        if not sep:
-            raise argparse.ArgumentTypeError(f"expected [IPV6]:PORT, got {text!r}")
-    else:
-        host, sep, port = text.rpartition(":")
-        if not sep or not host:
-            raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    try:
-        port_num = int(port)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad port in {text!r}") from None
-    if not 0 < port_num < 65536:
-        raise argparse.ArgumentTypeError(f"bad port in {text!r}")
-    return host, port_num
 
 
 def parse_port_range(text: str) -> tuple[int, int]:
