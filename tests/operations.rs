@@ -22,8 +22,7 @@ fn udp() -> Attribute {
 }
 
 fn relay_with_metrics(extra: &[&str]) -> (RelayProcess, SocketAddr) {
-    let ports = common::free_port_range(100);
-    let (lowest, highest) = (ports.0.to_string(), ports.1.to_string());
+    let (lowest, highest) = common::free_port_range_args(100);
     let mut args = vec![
         "--metrics-addr",
         "127.0.0.1:0",
@@ -499,8 +498,7 @@ fn assert_exposition_format(scrape: &str) {
 
 #[test]
 fn sigint_exits_zero_and_releases_every_port() {
-    let ports = common::free_port_range(10);
-    let (lowest, highest) = (ports.0.to_string(), ports.1.to_string());
+    let (lowest, highest) = common::free_port_range_args(10);
     let mut relay = RelayProcess::start(&[
         "--auth-secret",
         common::SECRET,
