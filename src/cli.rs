@@ -112,7 +112,7 @@ pub struct Args {
     #[arg(long, env = "RELAY_MAX_ALLOCATIONS", value_name = "N")]
     pub max_allocations: Option<usize>,
 
-    /// Serve GET /metrics (Prometheus) and GET /healthz on this TCP address [default: off].
+    /// Serve GET /metrics (Prometheus), GET /healthz and GET /livez on this TCP address [default: off].
     #[arg(long, env = "RELAY_METRICS_ADDR", value_name = "ADDR:PORT")]
     pub metrics_addr: Option<SocketAddr>,
 

@@ -126,6 +126,8 @@ def check_kubernetes(env_vars):
         port = container[probe]["httpGet"]["port"]
         check(port in ports, f"{probe} uses unknown port {port}")
     check(container["readinessProbe"]["httpGet"]["path"] == "/healthz", "readiness must be /healthz")
+    # /healthz is 503 on a full relay: as liveness it would restart a busy relay.
+    check(container["livenessProbe"]["httpGet"]["path"] == "/livez", "liveness must be /livez")
     security = container["securityContext"]
     check(security.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation must be false")
     check(security.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem must be true")

@@ -1,9 +1,15 @@
-//! Just enough HTTP/1.x for `GET /metrics` and `GET /healthz` on the relay's own loop:
-//! bounded request size, bounded connections, a deadline per connection, one response per
-//! connection (then close). A slow or malformed client costs at most one slot for 5 s.
+//! Just enough HTTP/1.x for `GET /metrics`, `GET /healthz` and `GET /livez` on the relay's
+//! own loop: bounded request size, bounded connections, one response per connection (then
+//! close).
+//!
+//! Nobody can keep a probe out: the request head must arrive within HEAD_DEADLINE, and when
+//! every slot is taken a new connection evicts one that is there already, chosen from the
+//! source address holding the most slots (oldest first). A kubelet or Prometheus that opens
+//! one connection at a time is thus the last to be evicted, however many idle or trickling
+//! connections others hold open.
 
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
@@ -12,14 +18,17 @@ use slab::Slab;
 
 /// Largest request head we read; anything bigger is answered 431 and closed.
 const MAX_REQUEST: usize = 4096;
-/// A connection must have sent its request and taken its response by then.
+/// A connection must have sent its whole request head by then (a scraper sends it at once).
+pub const HEAD_DEADLINE: Duration = Duration::from_secs(2);
+/// A connection must have taken its response by then, counted from its accept.
 pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(5);
-/// Concurrent scrape connections; more are accepted and closed at once.
+/// Concurrent connections; beyond it a new one evicts an old one (see the module docs).
 pub const MAX_CONNECTIONS: usize = 16;
 
 pub struct Connection {
     pub stream: TcpStream,
-    pub deadline: Instant,
+    source: IpAddr,
+    accepted_at: Instant,
     request: Vec<u8>,
     response: Vec<u8>,
     written: usize,
@@ -29,7 +38,10 @@ pub struct Connection {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
     Metrics,
+    /// Can the relay take allocations (readiness).
     Health,
+    /// Does the loop answer (liveness): 200 whenever it can be asked.
+    Live,
 }
 
 pub enum Progress {
@@ -40,13 +52,24 @@ pub enum Progress {
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, now: Instant) -> Connection {
+    pub fn new(stream: TcpStream, source: IpAddr, now: Instant) -> Connection {
         Connection {
             stream,
-            deadline: now + CONNECTION_DEADLINE,
+            source,
+            accepted_at: now,
             request: Vec::new(),
             response: Vec::new(),
             written: 0,
+        }
+    }
+
+    /// When the connection is closed if it is still open: the head deadline until the
+    /// request head is in, then the whole connection's.
+    pub fn deadline(&self) -> Instant {
+        if self.response.is_empty() {
+            self.accepted_at + HEAD_DEADLINE
+        } else {
+            self.accepted_at + CONNECTION_DEADLINE
         }
     }
 
@@ -118,6 +141,8 @@ pub struct HttpServer {
     listener: TcpListener,
     connections: Slab<Connection>,
     first_token: usize,
+    /// Connections closed to make room for a newer one.
+    evicted: u64,
 }
 
 impl HttpServer {
@@ -131,22 +156,30 @@ impl HttpServer {
         registry.register(&mut listener, listener_token, Interest::READABLE)?;
         Ok(HttpServer {
             listener,
-            connections: Slab::new(),
+            connections: Slab::with_capacity(MAX_CONNECTIONS),
             first_token,
+            evicted: 0,
         })
+    }
+
+    pub fn evicted(&self) -> u64 {
+        self.evicted
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
-    /// Accepts every pending connection; beyond MAX_CONNECTIONS they are closed at once.
+    /// Accepts every pending connection; with every slot taken, each new one evicts one.
     pub fn accept(&mut self, registry: &Registry, now: Instant) {
         loop {
             match self.listener.accept() {
-                Ok((mut stream, _)) => {
-                    if self.connections.len() >= MAX_CONNECTIONS {
-                        continue; // dropped: closed
+                Ok((mut stream, peer)) => {
+                    if self.connections.len() >= MAX_CONNECTIONS
+                        && let Some(victim) = self.eviction_victim()
+                    {
+                        self.close(victim, registry);
+                        self.evicted += 1;
                     }
                     let entry = self.connections.vacant_entry();
                     let token = Token(self.first_token + entry.key());
@@ -154,7 +187,7 @@ impl HttpServer {
                         .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
                         .is_ok()
                     {
-                        entry.insert(Connection::new(stream, now));
+                        entry.insert(Connection::new(stream, peer.ip(), now));
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -178,18 +211,36 @@ impl HttpServer {
         }
     }
 
+    /// The connection a new one replaces: of the source address with the most connections,
+    /// one still waiting for its request head before one being answered, the oldest. O(MAX_CONNECTIONS²) per accept into a full table, MAX_CONNECTIONS is small.
+    fn eviction_victim(&self) -> Option<usize> {
+        let from_source = |ip: IpAddr| {
+            self.connections
+                .iter()
+                .filter(|(_, c)| c.source == ip)
+                .count()
+        };
+        self.connections
+            .iter()
+            .map(|(key, c)| {
+                let waiting_for_head = c.response.is_empty();
+                let age = std::cmp::Reverse(c.accepted_at);
+                (from_source(c.source), waiting_for_head, age, key)
+            })
+            .max()
+            .map(|(_, _, _, key)| key)
+    }
+
     /// Closes connections past their deadline; returns the next deadline.
     pub fn expire(&mut self, now: Instant, registry: &Registry) -> Option<Instant> {
-        let late: Vec<usize> = self
-            .connections
-            .iter()
-            .filter(|(_, c)| c.deadline <= now)
-            .map(|(key, _)| key)
-            .collect();
-        for key in late {
-            self.close(key, registry);
-        }
-        self.connections.iter().map(|(_, c)| c.deadline).min()
+        self.connections.retain(|_, connection| {
+            let keep = now < connection.deadline();
+            if !keep {
+                let _ = registry.deregister(&mut connection.stream);
+            }
+            keep
+        });
+        self.connections.iter().map(|(_, c)| c.deadline()).min()
     }
 
     fn close(&mut self, key: usize, registry: &Registry) {
@@ -224,6 +275,7 @@ fn parse(head: &[u8]) -> Parsed {
     Parsed::Request(match path {
         "/metrics" => Some(Route::Metrics),
         "/healthz" => Some(Route::Health),
+        "/livez" => Some(Route::Live),
         _ => None,
     })
 }
@@ -261,6 +313,10 @@ mod tests {
         assert!(matches!(
             parse(b"GET /healthz?x=1 HTTP/1.0"),
             Parsed::Request(Some(Route::Health))
+        ));
+        assert!(matches!(
+            parse(b"GET /livez HTTP/1.1"),
+            Parsed::Request(Some(Route::Live))
         ));
         assert!(matches!(
             parse(b"GET /nope HTTP/1.1"),

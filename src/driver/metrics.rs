@@ -12,6 +12,8 @@ pub struct Snapshot<'a> {
     pub counters: &'a Counters,
     pub gauges: &'a Gauges,
     pub io: &'a IoCounters,
+    /// Metrics connections closed to make room for a newer one (src/driver/http.rs).
+    pub http_evicted: u64,
     pub start_time_unix: u64,
 }
 
@@ -113,6 +115,18 @@ pub fn render(s: &Snapshot) -> String {
     ] {
         let _ = writeln!(out, "relay_drops_total{{reason=\"{reason}\"}} {value}");
     }
+
+    header(
+        &mut out,
+        "relay_metrics_connections_evicted_total",
+        "counter",
+        "Connections to this metrics listener closed to make room for a newer one.",
+    );
+    let _ = writeln!(
+        out,
+        "relay_metrics_connections_evicted_total {}",
+        s.http_evicted
+    );
 
     header(
         &mut out,

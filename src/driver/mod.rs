@@ -221,6 +221,7 @@ impl Driver {
         let Some(http) = self.http.as_mut() else {
             return;
         };
+        let http_evicted = http.evicted();
         http.handle(token, self.poll.registry(), |route| match route {
             Some(http::Route::Metrics) => {
                 let gauges = core.gauges(now);
@@ -228,10 +229,12 @@ impl Driver {
                     counters: core.counters(),
                     gauges: &gauges,
                     io,
+                    http_evicted,
                     start_time_unix,
                 };
                 (200, "text/plain; version=0.0.4", metrics::render(&snapshot))
             }
+            Some(http::Route::Live) => (200, "text/plain", "ok\n".into()),
             Some(http::Route::Health) => {
                 // Listeners are bound (or we would not be running); can we allocate?
                 if Family::ALL.iter().any(|f| core.can_allocate(*f)) {
