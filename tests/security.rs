@@ -274,6 +274,14 @@ const DENIED_V6: &[(&str, &str)] = &[
     ("link local", "fe80::1"),
     ("site local", "fec0::1"),
     ("multicast", "ff02::1"),
+    ("IPv4-translated", "::ffff:0:a9fe:a9fe"),
+    ("IPv4-translated of a global address", "::ffff:0:808:808"),
+    ("the rest of ::/8", "::1:0:0"),
+    (
+        "the rest of ::/8, its top",
+        "ff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    ),
+    ("NAT64 well-known prefix, not /96", "64:ff9b:0:1::808:808"),
 ];
 
 /// Every denied address, named, with the IPv6 forms of each denied IPv4 one.
@@ -366,7 +374,7 @@ fn own_addresses_are_peers_only_on_the_relay_port_range() {
     let mut channel = 0x4000;
     for own in own {
         // A permission is per IP, so the relay's own address may be permitted...
-        assert_eq!(h.permission(&c, SocketAddr::new(ip(own), 3478)), None);
+        assert_eq!(h.permission(&c, SocketAddr::new(ip(own), 9)), None);
         // ...but only its relay ports are reachable through it.
         for port in [0, 22, 3478, PORT_LOW - 1, PORT_HIGH + 1, 65535] {
             let peer = SocketAddr::new(ip(own), port);
@@ -387,6 +395,112 @@ fn own_addresses_are_peers_only_on_the_relay_port_range() {
         h.channel_bind(&c, channel, sa("[::ffff:203.0.113.10]:50001")),
         None
     );
+}
+
+/// Issue 10, item 3: the relay's listen and metrics sockets are never peers, whatever the
+/// flags (here --allow-loopback-peers and an --allow-peer covering them), in any spelling.
+#[test]
+fn the_relays_own_listen_and_metrics_sockets_are_never_peers_whatever_the_flags() {
+    let mut h = Harness::new(Config {
+        listeners: vec![sa(LISTEN), sa("0.0.0.0:3479")],
+        metrics_addr: Some(sa("192.0.2.10:9090")),
+        host_addresses: vec![ip("127.0.0.1"), ip("198.51.100.20")],
+        allow_loopback_peers: true,
+        allow_peers: vec![
+            "192.0.2.0/24".parse().unwrap_or_else(|e| panic!("{e}")),
+            "198.51.100.20/32".parse().unwrap_or_else(|e| panic!("{e}")),
+        ],
+        ..config()
+    });
+    let c = h.client("8.8.8.1:40000", "alice");
+    h.allocate(&c);
+    for own in [
+        LISTEN,
+        "[::ffff:192.0.2.10]:3478",
+        "[64:ff9b::c000:20a]:3478",
+        "192.0.2.10:9090",
+        "0.0.0.0:3479",
+        "127.0.0.1:3479",
+        "127.0.0.77:3479",
+        "198.51.100.20:3479",
+    ] {
+        let peer = sa(own);
+        assert_eq!(h.permission(&c, peer), Some(403), "CreatePermission {peer}");
+        assert_eq!(
+            h.channel_bind(&c, 0x4000, peer),
+            Some(403),
+            "ChannelBind {peer}"
+        );
+        assert!(!h.send_indication(&c, peer), "Send {peer}");
+    }
+    // The same addresses on other ports are what the flags make them: allowed.
+    for (number, other) in ["192.0.2.11:3478", "127.0.0.1:3480", "198.51.100.20:9090"]
+        .into_iter()
+        .enumerate()
+    {
+        let peer = sa(other);
+        assert_eq!(h.permission(&c, peer), None, "{peer}");
+        assert_eq!(
+            h.channel_bind(&c, 0x4000 + number as u16, peer),
+            None,
+            "{peer}"
+        );
+        assert!(h.send_indication(&c, peer), "{peer}");
+    }
+}
+
+/// Issue 10, item 3: a "client" that is one of the relay's own sockets (a relay socket in
+/// use, or a listen socket) gets nothing: no Binding answer, no nonce, no allocation.
+#[test]
+fn a_client_address_that_is_one_of_the_relays_own_sockets_gets_nothing() {
+    let mut h = Harness::new(config());
+    let c = h.client("8.8.8.1:40000", "alice");
+    let r = h.call(c.addr, c.req(ALLOCATE).attr(RequestedTransport::new(17)));
+    let relayed = r
+        .get::<stun_codec::rfc5766::attributes::XorRelayAddress>()
+        .unwrap_or_else(|| panic!("{r:?}"))
+        .address();
+    let port = relayed.port();
+    let before = h.server.counters().clone();
+    let sources = [
+        SocketAddr::new(ip(RELAY_BIND_V4), port),
+        SocketAddr::new(ip(RELAY_PUBLIC_V4), port),
+        sa(LISTEN),
+    ];
+    for from in sources {
+        assert!(!h.send(from, Req::request(stun_codec::rfc5389::methods::BINDING)));
+        assert!(!h.send(
+            from,
+            Req::request(ALLOCATE).attr(RequestedTransport::new(17))
+        ));
+        assert!(!h.send(from, c.req(ALLOCATE).attr(RequestedTransport::new(17))));
+        assert!(!h.send_bytes(from, &[0x40, 0x00, 0x00, 0x04, 1, 2, 3, 4]));
+        assert_eq!(h.drain(), Vec::new(), "answered {from}");
+    }
+    assert_eq!(h.server.allocation_count(), 1);
+    assert_eq!(
+        h.server.counters().from_own_socket,
+        before.from_own_socket + 4 * sources.len() as u64
+    );
+    // A relay port nobody holds on that address is an ordinary client (so is any port on
+    // another address): answered.
+    let free = if port == PORT_LOW {
+        PORT_LOW + 1
+    } else {
+        PORT_LOW
+    };
+    for from in [
+        SocketAddr::new(ip(RELAY_BIND_V4), free),
+        SocketAddr::new(ip("10.0.0.11"), port),
+    ] {
+        let r = h.call(from, Req::request(stun_codec::rfc5389::methods::BINDING));
+        assert_eq!(r.class(), MessageClass::SuccessResponse, "{from}");
+    }
+    // Once the allocation is gone its port is no relay socket any more.
+    assert_eq!(h.code(&c, c.req(REFRESH).attr(Lifetime::from_u32(0))), None);
+    let from = SocketAddr::new(ip(RELAY_BIND_V4), port);
+    let r = h.call(from, Req::request(stun_codec::rfc5389::methods::BINDING));
+    assert_eq!(r.class(), MessageClass::SuccessResponse);
 }
 
 #[test]
@@ -1022,4 +1136,36 @@ mod over_udp {
             "VmRSS grew from {rss_before} KiB to {rss_after} KiB"
         );
     }
+}
+
+/// Issue 10, item 8: --keep-client-family gives an Allocate without
+/// REQUESTED-ADDRESS-FAMILY the client's family; IPv4 without the flag (RFC 8656 §7.2) and
+/// when the relay has no relayed address of the client's family.
+#[test]
+fn keep_client_family_relays_in_the_family_the_client_came_in_on() {
+    let relayed = |config: Config, client: &str| -> SocketAddr {
+        let mut h = Harness::new(config);
+        let c = h.client(client, "alice");
+        let r = h.call(c.addr, c.req(ALLOCATE).attr(RequestedTransport::new(17)));
+        let relayed: Vec<SocketAddr> = r
+            .get::<stun_codec::rfc5766::attributes::XorRelayAddress>()
+            .map(|a| a.address())
+            .into_iter()
+            .collect();
+        assert_eq!(relayed.len(), 1, "{r:?}");
+        relayed[0]
+    };
+    let keep = || Config {
+        keep_client_family: true,
+        ..config()
+    };
+    let v6_client = "[2606:4700::5]:40000";
+    assert_eq!(relayed(keep(), v6_client).ip(), ip(RELAY_PUBLIC_V6));
+    assert_eq!(relayed(config(), v6_client).ip(), ip(RELAY_PUBLIC_V4));
+    assert_eq!(relayed(keep(), "8.8.8.1:40000").ip(), ip(RELAY_PUBLIC_V4));
+    let no_v6 = Config {
+        relay_v6: None,
+        ..keep()
+    };
+    assert_eq!(relayed(no_v6, v6_client).ip(), ip(RELAY_PUBLIC_V4));
 }
