@@ -1169,3 +1169,161 @@ fn keep_client_family_relays_in_the_family_the_client_came_in_on() {
     };
     assert_eq!(relayed(no_v6, v6_client).ip(), ip(RELAY_PUBLIC_V4));
 }
+
+/// Issue 10, items 3 and 8 against the binary over loopback.
+mod loops_over_udp {
+    use std::net::{SocketAddr, UdpSocket};
+    use std::time::{Duration, Instant};
+
+    use relay::core::message::Attribute;
+    use stun_codec::rfc5389::methods::BINDING;
+    use stun_codec::rfc5766::attributes::{
+        ChannelNumber, Data, RequestedTransport, XorPeerAddress, XorRelayAddress,
+    };
+    use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, SEND};
+
+    use super::common::{self, Client, RelayProcess, credentials};
+    use super::stun_client::Req;
+
+    fn client(relay: &RelayProcess) -> Client {
+        let (username, password) = credentials("loop");
+        let mut client = Client::new(relay.addr, &username, &password);
+        let r = client.authenticated(
+            ALLOCATE,
+            vec![Attribute::RequestedTransport(RequestedTransport::new(17))],
+        );
+        assert!(r.get::<XorRelayAddress>().is_some(), "{:?}", r.error_code());
+        client
+    }
+
+    /// The listen socket `own` as a peer: CreatePermission and ChannelBind get 403, and 20
+    /// Send indications carrying a Binding request bring nothing back through the relay
+    /// (before the fix each came back as a Data indication with the relay's answer to
+    /// itself). Returns how many datagrams came back.
+    fn listen_socket_as_peer(relay: &RelayProcess, own: SocketAddr, other_port: SocketAddr) {
+        let mut c = client(relay);
+        let peer = |addr| vec![Attribute::XorPeerAddress(XorPeerAddress::new(addr))];
+        let r = c.authenticated(CREATE_PERMISSION, peer(own));
+        assert_eq!(r.error_code(), Some(403), "CreatePermission {own}");
+        let mut bind = peer(own);
+        bind.push(Attribute::ChannelNumber(
+            ChannelNumber::new(0x4000).expect("channel"),
+        ));
+        let r = c.authenticated(CHANNEL_BIND, bind);
+        assert_eq!(r.error_code(), Some(403), "ChannelBind {own}");
+        // The IP is permitted through another port (the flags allow it), so only the
+        // own-socket rule stands between a Send and the listen socket.
+        let r = c.authenticated(CREATE_PERMISSION, peer(other_port));
+        assert_eq!(r.error_code(), None, "CreatePermission {other_port}");
+        let binding = Req::request(BINDING).tid([0x42; 12]).build();
+        for i in 0..20u8 {
+            let send = Req::indication(SEND)
+                .tid([i; 12])
+                .attr(XorPeerAddress::new(own))
+                .attr(Data::new(binding.clone()).expect("data"))
+                .build();
+            c.socket.send_to(&send, relay.addr).expect("send");
+        }
+        let mut came_back = 0;
+        let mut buf = [0u8; 65536];
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline {
+            if c.socket.recv_from(&mut buf).is_ok() {
+                came_back += 1;
+            }
+        }
+        assert_eq!(
+            came_back, 0,
+            "datagrams came back through the listen socket"
+        );
+    }
+
+    /// Reproduction (a): --allow-loopback-peers on a loopback listener.
+    #[test]
+    fn the_listen_socket_is_no_peer_with_allow_loopback_peers() {
+        let (lowest, highest) = common::free_port_range_args(10);
+        let relay = RelayProcess::start(&[
+            "--auth-secret",
+            common::SECRET,
+            "--allow-loopback-peers",
+            "--lowest-port",
+            &lowest,
+            "--highest-port",
+            &highest,
+        ]);
+        let other = SocketAddr::new(relay.addr.ip(), 9);
+        listen_socket_as_peer(&relay, relay.addr, other);
+    }
+
+    /// Reproduction (b): --allow-peer covering a host address while listening on 0.0.0.0.
+    #[test]
+    fn the_listen_socket_is_no_peer_on_any_host_address_of_a_wildcard_listener() {
+        let (low, high) = common::free_port_range(11);
+        let listen = format!("0.0.0.0:{low}");
+        let (lowest, highest) = ((low + 1).to_string(), high.to_string());
+        let relay = RelayProcess::start_with(&[
+            "--listen-addr",
+            &listen,
+            "--public-ip4-addr",
+            "127.0.0.1",
+            "--realm",
+            common::REALM,
+            "--auth-secret",
+            common::SECRET,
+            "--allow-peer",
+            "127.0.0.0/8",
+            "--lowest-port",
+            &lowest,
+            "--highest-port",
+            &highest,
+        ]);
+        let mut relay = relay;
+        relay.addr = SocketAddr::from(([127, 0, 0, 1], low));
+        let own: SocketAddr = SocketAddr::from(([127, 0, 0, 5], low));
+        listen_socket_as_peer(&relay, own, SocketAddr::from(([127, 0, 0, 5], 9)));
+    }
+
+    /// Item 8: an IPv6 client that does not ask for a family gets an IPv6 relayed address
+    /// with --keep-client-family (and 440 without it, the relay having no IPv4 address).
+    #[test]
+    fn keep_client_family_over_ipv6_loopback() {
+        if UdpSocket::bind("[::1]:0").is_err() {
+            eprintln!("no IPv6 loopback: skipped");
+            return;
+        }
+        let (lowest, highest) = common::free_port_range_args(10);
+        for (keep, expected) in [(true, None), (false, Some(440))] {
+            let mut args = vec![
+                "--listen-addr",
+                "[::1]:0",
+                "--realm",
+                common::REALM,
+                "--auth-secret",
+                common::SECRET,
+                "--lowest-port",
+                &lowest,
+                "--highest-port",
+                &highest,
+            ];
+            if keep {
+                args.push("--keep-client-family");
+            }
+            let relay = RelayProcess::start_with(&args);
+            let (username, password) = credentials("v6");
+            let mut c = Client::new(relay.addr, &username, &password);
+            c.socket = UdpSocket::bind("[::1]:0").expect("bind ::1");
+            c.socket
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .expect("timeout");
+            let r = c.authenticated(
+                ALLOCATE,
+                vec![Attribute::RequestedTransport(RequestedTransport::new(17))],
+            );
+            assert_eq!(r.error_code(), expected, "keep {keep}");
+            if keep {
+                let relayed = r.get::<XorRelayAddress>().expect("relayed").address();
+                assert_eq!(relayed.ip(), relay.addr.ip(), "{relayed}");
+            }
+        }
+    }
+}
