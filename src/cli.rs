@@ -112,6 +112,12 @@ pub struct Args {
     #[arg(long, env = "RELAY_MAX_ALLOCATIONS", value_name = "N")]
     pub max_allocations: Option<usize>,
 
+    /// An Allocate without REQUESTED-ADDRESS-FAMILY gets a relayed address of the family the
+    /// client came in on (IPv4 if the relay has no IPv6 one) instead of IPv4 (RFC 8656
+    /// §7.2's default), so IPv6 clients that never ask (browsers) can reach IPv6-only peers.
+    #[arg(long, env = "RELAY_KEEP_CLIENT_FAMILY")]
+    pub keep_client_family: bool,
+
     /// Serve GET /metrics (Prometheus), GET /healthz and GET /livez on this TCP address [default: off].
     #[arg(long, env = "RELAY_METRICS_ADDR", value_name = "ADDR:PORT")]
     pub metrics_addr: Option<SocketAddr>,
@@ -212,6 +218,21 @@ pub fn settings(
             args.lowest_port, args.highest_port
         ));
     }
+    // A listen port among the relay ports would be handed to relay sockets, or a relay
+    // socket would shadow the listener: one socket both a relay and a listener is a loop.
+    if let Some(inside) = args
+        .listen_addr
+        .iter()
+        .find(|a| (args.lowest_port..=args.highest_port).contains(&a.port()))
+    {
+        return Err(format!(
+            "--listen-addr {inside}: port {} is inside the relay port range {}-{} \
+             (--lowest-port/--highest-port); choose a listen port outside it",
+            inside.port(),
+            args.lowest_port,
+            args.highest_port
+        ));
+    }
     if args.realm.is_empty() || args.realm.chars().count() >= 128 || args.realm.contains('"') {
         return Err("--realm: must be 1 to 127 characters, without '\"'".into());
     }
@@ -266,6 +287,10 @@ pub fn settings(
         lifetimes,
         max_allocations_per_user: args.max_allocations_per_user,
         max_allocations: args.max_allocations.unwrap_or(port_count),
+        // The driver fills in the bound address (the kernel's port for port 0).
+        metrics_addr: None,
+        host_addresses: interfaces::local_addresses(),
+        keep_client_family: args.keep_client_family,
     };
     Ok(Settings {
         config,

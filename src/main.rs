@@ -5,7 +5,7 @@ use clap::Parser;
 use log::{error, info, warn};
 
 use relay::cli::{self, Args};
-use relay::core::{PeerPolicy, credentials};
+use relay::core::credentials;
 use relay::driver::{self, Driver};
 
 /// How long the credentials logged for a generated secret stay valid.
@@ -51,7 +51,7 @@ fn main() -> ExitCode {
         }
     };
     driver::log_startup(&config, &driver.listen_addresses());
-    info!("{}", PeerPolicy::for_config(&config).describe());
+    info!("{}", driver.core().peer_policy().describe());
     if let Some(addr) = driver.metrics_address() {
         info!("metrics on http://{addr}/metrics, health on http://{addr}/healthz");
     }

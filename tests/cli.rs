@@ -280,3 +280,46 @@ fn effective_peer_policy_is_logged_at_start_up() {
         assert!(line.contains(part), "{part:?} missing from {line:?}");
     }
 }
+
+/// Issue 10, item 3: a listen port inside the relay port range is refused at start-up
+/// (exit 2, a clear message), at both edges of the range; just outside it starts.
+#[test]
+fn a_listen_port_inside_the_relay_port_range_is_refused() {
+    let (low, high) = common::free_port_range(3);
+    let (lowest, highest) = ((low + 1).to_string(), high.to_string());
+    for port in [low + 1, high] {
+        let listen = format!("127.0.0.1:{port}");
+        let output = run(
+            &[
+                "--listen-addr",
+                &listen,
+                "--lowest-port",
+                &lowest,
+                "--highest-port",
+                &highest,
+                "--auth-secret",
+                "x",
+            ],
+            &[],
+        );
+        assert_eq!(output.status.code(), Some(2), "{listen}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "--listen-addr {listen}: port {port} is inside the relay port range {lowest}-{highest}"
+            )),
+            "{stderr}"
+        );
+    }
+    let listen = format!("127.0.0.1:{low}");
+    let mut relay = RelayProcess::start_with(&[
+        "--listen-addr",
+        &listen,
+        "--lowest-port",
+        &lowest,
+        "--highest-port",
+        &highest,
+    ]);
+    assert_eq!(relay.addr.to_string(), listen);
+    relay.terminate();
+}

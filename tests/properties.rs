@@ -363,6 +363,31 @@ mod policy {
             }
         }
 
+        /// IPv4-translated `::ffff:0:0:0/96` and the rest of `::/8` are denied whatever the
+        /// IPv4 address inside and the operator's IPv4 rules; IPv4-mapped forms keep the
+        /// IPv4 verdict (the property above).
+        #[test]
+        fn ipv4_translated_and_the_rest_of_colon_colon_slash_8_are_denied(
+            v4 in any::<u32>(),
+            rest in any::<u128>(),
+            port in any::<u16>(),
+            allow in prop::collection::vec(cidr4(), 0..4),
+        ) {
+            let policy = policy(&allow, &[]);
+            let translated = Ipv6Addr::from((0xffff_u128 << 48) | u128::from(v4));
+            let reserved = rest & ((1u128 << 120) - 1);
+            // The carriers inside ::/8 (IPv4-mapped, NAT64's 64:ff9b::/96) are judged by IPv4.
+            let carrier = reserved >> 32;
+            let mapped = carrier == 0xffff || carrier == 0x64_ff9b << 64;
+            for usage in [PeerUse::Permission, PeerUse::ChannelOrSend] {
+                prop_assert!(!policy.allows(SocketAddr::new(translated.into(), port), usage));
+                if !mapped {
+                    let addr = Ipv6Addr::from(reserved);
+                    prop_assert!(!policy.allows(SocketAddr::new(addr.into(), port), usage), "{}", addr);
+                }
+            }
+        }
+
         /// Port 0 is never a peer for ChannelBind or Send; a permission ignores the port.
         #[test]
         fn port_zero_and_permissions(ip in any::<[u8; 16]>(), v6 in any::<bool>(), port in 1u16..) {

@@ -274,6 +274,14 @@ const DENIED_V6: &[(&str, &str)] = &[
     ("link local", "fe80::1"),
     ("site local", "fec0::1"),
     ("multicast", "ff02::1"),
+    ("IPv4-translated", "::ffff:0:a9fe:a9fe"),
+    ("IPv4-translated of a global address", "::ffff:0:808:808"),
+    ("the rest of ::/8", "::1:0:0"),
+    (
+        "the rest of ::/8, its top",
+        "ff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    ),
+    ("NAT64 well-known prefix, not /96", "64:ff9b:0:1::808:808"),
 ];
 
 /// Every denied address, named, with the IPv6 forms of each denied IPv4 one.
@@ -366,7 +374,7 @@ fn own_addresses_are_peers_only_on_the_relay_port_range() {
     let mut channel = 0x4000;
     for own in own {
         // A permission is per IP, so the relay's own address may be permitted...
-        assert_eq!(h.permission(&c, SocketAddr::new(ip(own), 3478)), None);
+        assert_eq!(h.permission(&c, SocketAddr::new(ip(own), 9)), None);
         // ...but only its relay ports are reachable through it.
         for port in [0, 22, 3478, PORT_LOW - 1, PORT_HIGH + 1, 65535] {
             let peer = SocketAddr::new(ip(own), port);
@@ -387,6 +395,112 @@ fn own_addresses_are_peers_only_on_the_relay_port_range() {
         h.channel_bind(&c, channel, sa("[::ffff:203.0.113.10]:50001")),
         None
     );
+}
+
+/// Issue 10, item 3: the relay's listen and metrics sockets are never peers, whatever the
+/// flags (here --allow-loopback-peers and an --allow-peer covering them), in any spelling.
+#[test]
+fn the_relays_own_listen_and_metrics_sockets_are_never_peers_whatever_the_flags() {
+    let mut h = Harness::new(Config {
+        listeners: vec![sa(LISTEN), sa("0.0.0.0:3479")],
+        metrics_addr: Some(sa("192.0.2.10:9090")),
+        host_addresses: vec![ip("127.0.0.1"), ip("198.51.100.20")],
+        allow_loopback_peers: true,
+        allow_peers: vec![
+            "192.0.2.0/24".parse().unwrap_or_else(|e| panic!("{e}")),
+            "198.51.100.20/32".parse().unwrap_or_else(|e| panic!("{e}")),
+        ],
+        ..config()
+    });
+    let c = h.client("8.8.8.1:40000", "alice");
+    h.allocate(&c);
+    for own in [
+        LISTEN,
+        "[::ffff:192.0.2.10]:3478",
+        "[64:ff9b::c000:20a]:3478",
+        "192.0.2.10:9090",
+        "0.0.0.0:3479",
+        "127.0.0.1:3479",
+        "127.0.0.77:3479",
+        "198.51.100.20:3479",
+    ] {
+        let peer = sa(own);
+        assert_eq!(h.permission(&c, peer), Some(403), "CreatePermission {peer}");
+        assert_eq!(
+            h.channel_bind(&c, 0x4000, peer),
+            Some(403),
+            "ChannelBind {peer}"
+        );
+        assert!(!h.send_indication(&c, peer), "Send {peer}");
+    }
+    // The same addresses on other ports are what the flags make them: allowed.
+    for (number, other) in ["192.0.2.11:3478", "127.0.0.1:3480", "198.51.100.20:9090"]
+        .into_iter()
+        .enumerate()
+    {
+        let peer = sa(other);
+        assert_eq!(h.permission(&c, peer), None, "{peer}");
+        assert_eq!(
+            h.channel_bind(&c, 0x4000 + number as u16, peer),
+            None,
+            "{peer}"
+        );
+        assert!(h.send_indication(&c, peer), "{peer}");
+    }
+}
+
+/// Issue 10, item 3: a "client" that is one of the relay's own sockets (a relay socket in
+/// use, or a listen socket) gets nothing: no Binding answer, no nonce, no allocation.
+#[test]
+fn a_client_address_that_is_one_of_the_relays_own_sockets_gets_nothing() {
+    let mut h = Harness::new(config());
+    let c = h.client("8.8.8.1:40000", "alice");
+    let r = h.call(c.addr, c.req(ALLOCATE).attr(RequestedTransport::new(17)));
+    let relayed = r
+        .get::<stun_codec::rfc5766::attributes::XorRelayAddress>()
+        .unwrap_or_else(|| panic!("{r:?}"))
+        .address();
+    let port = relayed.port();
+    let before = h.server.counters().clone();
+    let sources = [
+        SocketAddr::new(ip(RELAY_BIND_V4), port),
+        SocketAddr::new(ip(RELAY_PUBLIC_V4), port),
+        sa(LISTEN),
+    ];
+    for from in sources {
+        assert!(!h.send(from, Req::request(stun_codec::rfc5389::methods::BINDING)));
+        assert!(!h.send(
+            from,
+            Req::request(ALLOCATE).attr(RequestedTransport::new(17))
+        ));
+        assert!(!h.send(from, c.req(ALLOCATE).attr(RequestedTransport::new(17))));
+        assert!(!h.send_bytes(from, &[0x40, 0x00, 0x00, 0x04, 1, 2, 3, 4]));
+        assert_eq!(h.drain(), Vec::new(), "answered {from}");
+    }
+    assert_eq!(h.server.allocation_count(), 1);
+    assert_eq!(
+        h.server.counters().from_own_socket,
+        before.from_own_socket + 4 * sources.len() as u64
+    );
+    // A relay port nobody holds on that address is an ordinary client (so is any port on
+    // another address): answered.
+    let free = if port == PORT_LOW {
+        PORT_LOW + 1
+    } else {
+        PORT_LOW
+    };
+    for from in [
+        SocketAddr::new(ip(RELAY_BIND_V4), free),
+        SocketAddr::new(ip("10.0.0.11"), port),
+    ] {
+        let r = h.call(from, Req::request(stun_codec::rfc5389::methods::BINDING));
+        assert_eq!(r.class(), MessageClass::SuccessResponse, "{from}");
+    }
+    // Once the allocation is gone its port is no relay socket any more.
+    assert_eq!(h.code(&c, c.req(REFRESH).attr(Lifetime::from_u32(0))), None);
+    let from = SocketAddr::new(ip(RELAY_BIND_V4), port);
+    let r = h.call(from, Req::request(stun_codec::rfc5389::methods::BINDING));
+    assert_eq!(r.class(), MessageClass::SuccessResponse);
 }
 
 #[test]
@@ -1021,5 +1135,205 @@ mod over_udp {
             rss_after <= rss_before + 512,
             "VmRSS grew from {rss_before} KiB to {rss_after} KiB"
         );
+    }
+}
+
+/// Issue 10, item 8: --keep-client-family gives an Allocate without
+/// REQUESTED-ADDRESS-FAMILY the client's family; IPv4 without the flag (RFC 8656 §7.2) and
+/// when the relay has no relayed address of the client's family.
+#[test]
+fn keep_client_family_relays_in_the_family_the_client_came_in_on() {
+    let relayed = |config: Config, client: &str| -> SocketAddr {
+        let mut h = Harness::new(config);
+        let c = h.client(client, "alice");
+        let r = h.call(c.addr, c.req(ALLOCATE).attr(RequestedTransport::new(17)));
+        let relayed: Vec<SocketAddr> = r
+            .get::<stun_codec::rfc5766::attributes::XorRelayAddress>()
+            .map(|a| a.address())
+            .into_iter()
+            .collect();
+        assert_eq!(relayed.len(), 1, "{r:?}");
+        relayed[0]
+    };
+    let keep = || Config {
+        keep_client_family: true,
+        ..config()
+    };
+    let v6_client = "[2606:4700::5]:40000";
+    assert_eq!(relayed(keep(), v6_client).ip(), ip(RELAY_PUBLIC_V6));
+    assert_eq!(relayed(config(), v6_client).ip(), ip(RELAY_PUBLIC_V4));
+    assert_eq!(relayed(keep(), "8.8.8.1:40000").ip(), ip(RELAY_PUBLIC_V4));
+    let no_v6 = Config {
+        relay_v6: None,
+        ..keep()
+    };
+    assert_eq!(relayed(no_v6, v6_client).ip(), ip(RELAY_PUBLIC_V4));
+}
+
+/// Issue 10, items 3 and 8 against the binary over loopback.
+mod loops_over_udp {
+    use std::net::{SocketAddr, UdpSocket};
+    use std::time::{Duration, Instant};
+
+    use relay::core::message::Attribute;
+    use stun_codec::rfc5389::methods::BINDING;
+    use stun_codec::rfc5766::attributes::{
+        ChannelNumber, Data, RequestedTransport, XorPeerAddress, XorRelayAddress,
+    };
+    use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, SEND};
+
+    use super::common::{self, Client, RelayProcess, credentials};
+    use super::stun_client::Req;
+
+    fn client(relay: &RelayProcess) -> Client {
+        let (username, password) = credentials("loop");
+        let mut client = Client::new(relay.addr, &username, &password);
+        let r = client.authenticated(
+            ALLOCATE,
+            vec![Attribute::RequestedTransport(RequestedTransport::new(17))],
+        );
+        assert!(r.get::<XorRelayAddress>().is_some(), "{:?}", r.error_code());
+        client
+    }
+
+    /// The listen socket `own` as a peer: CreatePermission and ChannelBind get 403, and 20
+    /// Send indications carrying a Binding request bring nothing back through the relay
+    /// (before the fix each came back as a Data indication with the relay's answer to
+    /// itself: 20 of 20 came back).
+    fn listen_socket_as_peer(relay: &RelayProcess, own: SocketAddr, permitted: &[SocketAddr]) {
+        let mut c = client(relay);
+        let peer = |addr| vec![Attribute::XorPeerAddress(XorPeerAddress::new(addr))];
+        let r = c.authenticated(CREATE_PERMISSION, peer(own));
+        assert_eq!(r.error_code(), Some(403), "CreatePermission {own}");
+        let mut bind = peer(own);
+        bind.push(Attribute::ChannelNumber(
+            ChannelNumber::new(0x4000).expect("channel"),
+        ));
+        let r = c.authenticated(CHANNEL_BIND, bind);
+        assert_eq!(r.error_code(), Some(403), "ChannelBind {own}");
+        // The IP is permitted through another port (the flags allow it), so only the
+        // own-socket rule stands between a Send and the listen socket. (A wildcard listener
+        // answers from the address routing picks: 127.0.0.1, so that is permitted too.)
+        for other in permitted {
+            let r = c.authenticated(CREATE_PERMISSION, peer(*other));
+            assert_eq!(r.error_code(), None, "CreatePermission {other}");
+        }
+        let binding = Req::request(BINDING).tid([0x42; 12]).build();
+        for i in 0..20u8 {
+            let send = Req::indication(SEND)
+                .tid([i; 12])
+                .attr(XorPeerAddress::new(own))
+                .attr(Data::new(binding.clone()).expect("data"))
+                .build();
+            c.socket.send_to(&send, relay.addr).expect("send");
+        }
+        let mut came_back = 0;
+        let mut buf = [0u8; 65536];
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline {
+            if c.socket.recv_from(&mut buf).is_ok() {
+                came_back += 1;
+            }
+        }
+        assert_eq!(
+            came_back, 0,
+            "datagrams came back through the listen socket"
+        );
+    }
+
+    /// Reproduction (a): --allow-loopback-peers on a loopback listener.
+    #[test]
+    fn the_listen_socket_is_no_peer_with_allow_loopback_peers() {
+        let (lowest, highest) = common::free_port_range_args(10);
+        let relay = RelayProcess::start(&[
+            "--auth-secret",
+            common::SECRET,
+            "--allow-loopback-peers",
+            "--lowest-port",
+            &lowest,
+            "--highest-port",
+            &highest,
+        ]);
+        let other = SocketAddr::new(relay.addr.ip(), 9);
+        listen_socket_as_peer(&relay, relay.addr, &[other]);
+    }
+
+    /// Reproduction (b): --allow-peer covering a host address while listening on 0.0.0.0.
+    #[test]
+    fn the_listen_socket_is_no_peer_on_any_host_address_of_a_wildcard_listener() {
+        let (low, high) = common::free_port_range(11);
+        let listen = format!("0.0.0.0:{low}");
+        let (lowest, highest) = ((low + 1).to_string(), high.to_string());
+        let relay = RelayProcess::start_with(&[
+            "--listen-addr",
+            &listen,
+            "--public-ip4-addr",
+            "127.0.0.1",
+            "--realm",
+            common::REALM,
+            "--auth-secret",
+            common::SECRET,
+            "--allow-peer",
+            "127.0.0.0/8",
+            "--lowest-port",
+            &lowest,
+            "--highest-port",
+            &highest,
+        ]);
+        let mut relay = relay;
+        relay.addr = SocketAddr::from(([127, 0, 0, 1], low));
+        let own: SocketAddr = SocketAddr::from(([127, 0, 0, 5], low));
+        listen_socket_as_peer(
+            &relay,
+            own,
+            &[
+                SocketAddr::from(([127, 0, 0, 5], 9)),
+                SocketAddr::from(([127, 0, 0, 1], 9)),
+            ],
+        );
+    }
+
+    /// Item 8: an IPv6 client that does not ask for a family gets an IPv6 relayed address
+    /// with --keep-client-family (and 440 without it, the relay having no IPv4 address).
+    #[test]
+    fn keep_client_family_over_ipv6_loopback() {
+        if UdpSocket::bind("[::1]:0").is_err() {
+            eprintln!("no IPv6 loopback: skipped");
+            return;
+        }
+        let (lowest, highest) = common::free_port_range_args(10);
+        for (keep, expected) in [(true, None), (false, Some(440))] {
+            let mut args = vec![
+                "--listen-addr",
+                "[::1]:0",
+                "--realm",
+                common::REALM,
+                "--auth-secret",
+                common::SECRET,
+                "--lowest-port",
+                &lowest,
+                "--highest-port",
+                &highest,
+            ];
+            if keep {
+                args.push("--keep-client-family");
+            }
+            let relay = RelayProcess::start_with(&args);
+            let (username, password) = credentials("v6");
+            let mut c = Client::new(relay.addr, &username, &password);
+            c.socket = UdpSocket::bind("[::1]:0").expect("bind ::1");
+            c.socket
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .expect("timeout");
+            let r = c.authenticated(
+                ALLOCATE,
+                vec![Attribute::RequestedTransport(RequestedTransport::new(17))],
+            );
+            assert_eq!(r.error_code(), expected, "keep {keep}");
+            if keep {
+                let relayed = r.get::<XorRelayAddress>().expect("relayed").address();
+                assert_eq!(relayed.ip(), relay.addr.ip(), "{relayed}");
+            }
+        }
     }
 }

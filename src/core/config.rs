@@ -37,6 +37,14 @@ pub struct Config {
     pub max_allocations_per_user: usize,
     /// Live allocations in total (508 beyond).
     pub max_allocations: usize,
+    /// The metrics server's bound address: never a peer (see `own_sockets`).
+    pub metrics_addr: Option<SocketAddr>,
+    /// The host's interface addresses: where a socket bound to an unspecified address is
+    /// reached, so that none of them lets the relay be its own peer or client.
+    pub host_addresses: Vec<IpAddr>,
+    /// An Allocate without REQUESTED-ADDRESS-FAMILY gets the client's own family instead of
+    /// IPv4 (RFC 8656 §7.2's default), when the relay has a relayed address of it.
+    pub keep_client_family: bool,
 }
 
 impl Config {
@@ -90,6 +98,9 @@ impl Default for Config {
             lifetimes: Lifetimes::default(),
             max_allocations_per_user: 10,
             max_allocations: 16384,
+            metrics_addr: None,
+            host_addresses: Vec::new(),
+            keep_client_family: false,
         }
     }
 }

@@ -28,6 +28,9 @@ pub struct Counters {
     pub allocations_created: u64,
     pub allocations_expired: u64,
     pub relay_open_failed: u64,
+    /// Datagrams from one of the relay's own sockets (a relay socket or a listen socket as a
+    /// client, a listen socket as a peer): dropped unanswered, so the relay never loops.
+    pub from_own_socket: u64,
     /// Unauthenticated error responses not sent because their source exceeded its rate.
     pub rate_limited: u64,
 }

@@ -11,6 +11,9 @@
 //!   or another service on its host through them;
 //! - the operator's `--allow-peer`/`--deny-peer` prefixes (and `--allow-loopback-peers`).
 //!
+//! Before any of these, the relay's listen and metrics sockets (`own_sockets`) are refused
+//! whatever the rules say: a relay that may send to its own listen socket is a loop.
+//!
 //! At equal length an operator rule beats an own-address rule, which beats a default, and
 //! among rules of the same rank deny wins. An address matching nothing is allowed.
 //!
@@ -23,6 +26,10 @@
 //! Choices where the registries leave room:
 //! - IPv4-compatible `::/96` (deprecated by RFC 4291) is denied outright: nothing legitimate
 //!   uses it, and a host that still tunnels it would deliver to the IPv4 it carries.
+//! - The rest of `::/8` (reserved by RFC 4291) is denied, IPv4-translated `::ffff:0:0:0/96`
+//!   (SIIT, RFC 2765, obsolete) included: a stateless translator would deliver it to the
+//!   IPv4 address it carries, and nothing current uses the form. IPv4-mapped `::ffff:0:0/96`
+//!   inside it is still judged by its IPv4 address; `::` and `::1` stay denied.
 //! - Teredo `2001::/32` is denied outright rather than judged by its obfuscated client IPv4:
 //!   the address names a NAT binding, not a host, and Teredo is dead in practice.
 //! - 6to4 `2002::/16` is judged by its embedded IPv4 (bits 16..48): a 6to4 relay delivers to
@@ -37,6 +44,7 @@ use std::ops::{BitAnd, RangeInclusive};
 
 use super::cidr::{Cidr, mask4, mask6};
 use super::config::Config;
+use super::own_sockets::OwnSockets;
 
 /// What the peer address is used for: a permission ignores the port (RFC 8656 §10.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +65,8 @@ pub struct PeerPolicy {
     allow: Vec<Cidr>,
     deny: Vec<Cidr>,
     own: Vec<IpAddr>,
+    /// Listen and metrics sockets: never a peer, whatever the rules say.
+    own_sockets: OwnSockets,
 }
 
 impl Default for PeerPolicy {
@@ -145,7 +155,20 @@ impl PeerPolicy {
             allow,
             deny,
             own,
+            own_sockets: OwnSockets::default(),
         }
+    }
+
+    /// The same policy, with these sockets of the relay refused as peers before any rule
+    /// is consulted: not even `--allow-loopback-peers` or an `--allow-peer` covering them
+    /// may let the relay send to itself.
+    pub fn with_own_sockets(mut self, own_sockets: OwnSockets) -> Self {
+        self.own_sockets = own_sockets;
+        self
+    }
+
+    pub fn own_sockets(&self) -> &OwnSockets {
+        &self.own_sockets
     }
 
     /// The policy a relay with this configuration enforces: the operator's flags, and as
@@ -169,10 +192,16 @@ impl PeerPolicy {
             own,
             config.ports.clone(),
         )
+        .with_own_sockets(OwnSockets::for_config(config))
     }
 
     pub fn allows(&self, peer: SocketAddr, usage: PeerUse) -> bool {
         if usage == PeerUse::ChannelOrSend && peer.port() == 0 {
+            return false;
+        }
+        // The relay's listen and metrics sockets are never peers. A permission is per IP,
+        // but one naming such a socket exactly can only mean to send there: refused too.
+        if self.own_sockets.is_service(peer) {
             return false;
         }
         // A permission is per IP (its port is meaningless), so it may name an own address;
@@ -180,12 +209,13 @@ impl PeerPolicy {
         let own_reachable = usage == PeerUse::Permission || self.relay_ports.contains(&peer.port());
         let mut verdict = Verdict::ALLOW_UNMATCHED;
         match peer.ip() {
-            IpAddr::V4(v4) => verdict.scan(&self.v4, u32::from(v4), 0, own_reachable),
+            IpAddr::V4(v4) => verdict.scan(&self.v4, u32::from(v4), 0, own_reachable, false),
             IpAddr::V6(v6) => {
                 let bits = u128::from(v6);
-                verdict.scan(&self.v6, bits, 0, own_reachable);
-                if let Some((v4, carrier_len)) = embedded_ipv4(bits) {
-                    verdict.scan(&self.v4, v4, carrier_len, own_reachable);
+                let embedded = embedded_ipv4(bits);
+                verdict.scan(&self.v6, bits, 0, own_reachable, embedded.is_some());
+                if let Some((v4, carrier_len)) = embedded {
+                    verdict.scan(&self.v4, v4, carrier_len, own_reachable, false);
                 }
             }
         }
@@ -199,8 +229,9 @@ impl PeerPolicy {
              reachable are denied (IANA special-purpose registries, multicast, reserved), \
              except {} IPv4 and {} IPv6 globally reachable assignments inside them; \
              IPv4-mapped, NAT64 (64:ff9b::/96) and 6to4 (2002::/16) peers are judged by the \
-             IPv4 address they carry; IPv4-compatible (::/96) and Teredo (2001::/32) peers \
-             are denied; loopback peers are {}",
+             IPv4 address they carry; IPv4-compatible (::/96), IPv4-translated \
+             (::ffff:0:0:0/96), the rest of ::/8 and Teredo (2001::/32) peers are denied; \
+             loopback peers are {}",
             count(DEFAULT_V4, Action::Deny),
             count(DEFAULT_V6, Action::Deny),
             count(DEFAULT_V4, Action::Allow),
@@ -240,6 +271,11 @@ impl PeerPolicy {
                 self.relay_ports.end()
             );
         }
+        let _ = write!(
+            text,
+            "; the relay's own sockets {} are never peers",
+            self.own_sockets.describe_services()
+        );
         text.push_str(
             "; the most specific prefix wins, at equal length an operator rule beats a \
              built-in one and between operator rules deny wins",
@@ -249,7 +285,11 @@ impl PeerPolicy {
 }
 
 fn count<T>(table: &[(T, u8, Action)], action: Action) -> usize {
-    table.iter().filter(|(_, _, a)| *a == action).count()
+    let same = |a: Action| match a {
+        Action::DenyNative => Action::Deny,
+        a => a,
+    };
+    table.iter().filter(|(_, _, a)| same(*a) == action).count()
 }
 
 /// Where a rule comes from; at equal prefix length the later kind wins.
@@ -264,6 +304,9 @@ enum Source {
 enum Action {
     Allow,
     Deny,
+    /// Deny, except an address that carries an IPv4 one (IPv4-mapped inside `::/8`): the
+    /// IPv4 rules judge that.
+    DenyNative,
     /// One of the relay's own addresses: allowed for permissions and on relay ports.
     Own,
 }
@@ -318,9 +361,16 @@ impl Verdict {
     };
 
     /// Offers every rule matching `addr`, its length counted from `carrier_len` (the length
-    /// of the IPv6 prefix carrying an IPv4 address, 0 for a native address).
-    fn scan<T>(&mut self, rules: &[Rule<T>], addr: T, carrier_len: u8, own_reachable: bool)
-    where
+    /// of the IPv6 prefix carrying an IPv4 address, 0 for a native address). `carries_ipv4`
+    /// says the IPv4 rules judge `addr` too, so rules that deny only native addresses skip it.
+    fn scan<T>(
+        &mut self,
+        rules: &[Rule<T>],
+        addr: T,
+        carrier_len: u8,
+        own_reachable: bool,
+        carries_ipv4: bool,
+    ) where
         T: Copy + Eq + BitAnd<Output = T>,
     {
         for rule in rules {
@@ -330,6 +380,8 @@ impl Verdict {
             let allow = match rule.action {
                 Action::Allow => true,
                 Action::Deny => false,
+                Action::DenyNative if carries_ipv4 => continue,
+                Action::DenyNative => false,
                 Action::Own => own_reachable,
             };
             let rank = (carrier_len + rule.len, rule.source);
@@ -361,6 +413,11 @@ fn embedded_ipv4(v6: u128) -> Option<(u32, u8)> {
     }
 }
 
+/// The IPv4 address an IPv6 address carries, if any (for the own-socket checks).
+pub(super) fn carried_ipv4(v6: u128) -> Option<u32> {
+    embedded_ipv4(v6).map(|(v4, _)| v4)
+}
+
 fn unmap(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
@@ -368,7 +425,7 @@ fn unmap(ip: IpAddr) -> IpAddr {
     }
 }
 
-use Action::{Allow, Deny};
+use Action::{Allow, Deny, DenyNative};
 
 /// IANA IPv4 Special-Purpose Address Registry entries that are not globally reachable,
 /// multicast, and the globally reachable exceptions inside a denied block. Globally
@@ -406,6 +463,7 @@ const DEFAULT_V6: &[(Ipv6Addr, u8, Action)] = &[
     (v6([0, 0, 0, 0, 0, 0, 0, 0]), 128, Deny), // unspecified
     (v6([0, 0, 0, 0, 0, 0, 0, 1]), 128, Deny), // loopback
     (v6([0, 0, 0, 0, 0, 0, 0, 0]), 96, Deny),  // IPv4-compatible (deprecated)
+    (v6([0, 0, 0, 0, 0, 0, 0, 0]), 8, DenyNative), // reserved by IETF (the rest of ::/8)
     (v6([0x64, 0xff9b, 1, 0, 0, 0, 0, 0]), 48, Deny), // NAT64 local use
     (v6([0x100, 0, 0, 0, 0, 0, 0, 0]), 64, Deny), // discard only
     (v6([0x100, 0, 0, 1, 0, 0, 0, 0]), 64, Deny), // dummy prefix (RFC 9780)
@@ -550,17 +608,30 @@ mod tests {
         (
             "IPv4-compatible",
             &["::2", "::8.8.8.8", "::1.1.1.1", "::ffff:ffff"],
-            &["::1:0:0", "::fffe:0:0"],
+            &[],
+        ),
+        (
+            "IPv4-translated and the rest of ::/8",
+            &[
+                "::ffff:0:a9fe:a9fe",
+                "::ffff:0:808:808",
+                "::1:0:0",
+                "::fffe:0:0",
+                "::1:ffff:808:808",
+                "ff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            ],
+            &["100:0:0:2::", "::ffff:8.8.8.8"],
         ),
         (
             "NAT64 local use",
             &["64:ff9b:1::", "64:ff9b:1:ffff:ffff:ffff:ffff:ffff"],
-            &["64:ff9b:0:ffff:ffff:ffff:ffff:ffff", "64:ff9b:2::"],
+            // Its neighbours are in the rest of ::/8; the well-known prefix carries IPv4.
+            &["64:ff9b::808:808"],
         ),
         (
             "discard only",
             &["100::", "100::ffff:ffff:ffff:ffff"],
-            &["ff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "100:0:0:2::"],
+            &["100:0:0:2::"],
         ),
         (
             "dummy prefix",
@@ -974,7 +1045,7 @@ mod tests {
         )
         .describe();
         for part in [
-            "16 IPv4 and 16 IPv6 special-purpose ranges",
+            "16 IPv4 and 17 IPv6 special-purpose ranges",
             "except 2 IPv4 and 6 IPv6 globally reachable",
             "loopback peers are denied",
             "operator allow: 10.1.0.0/16;",

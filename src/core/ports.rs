@@ -76,6 +76,12 @@ impl PortPool {
         }
     }
 
+    /// Whether `port` is in the range and held (by a relay socket, an open in flight or a
+    /// reservation). O(1): asked for every client datagram.
+    pub fn is_held(&self, port: u16) -> bool {
+        self.index(port).is_some_and(|i| !self.is_free(i))
+    }
+
     pub fn in_use(&self) -> usize {
         self.len - self.free_count
     }

@@ -190,7 +190,7 @@ impl Server {
             return Err(Failure::UnsupportedTransport);
         }
 
-        let families = self.requested_families(request)?;
+        let families = self.requested_families(request, requester.client)?;
         let user = super::server::quota_user(&credentials.username);
         if self.user_allocations.get(user).copied().unwrap_or(0)
             >= self.config.max_allocations_per_user
@@ -351,7 +351,11 @@ impl Server {
     }
 
     /// REQUESTED-ADDRESS-FAMILY and ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §7.2).
-    fn requested_families(&self, request: &Decoded) -> Result<Vec<Family>, Failure> {
+    fn requested_families(
+        &self,
+        request: &Decoded,
+        client: SocketAddr,
+    ) -> Result<Vec<Family>, Failure> {
         let message = &request.message;
         let requested = message.get_attribute::<RequestedAddressFamily>();
         let additional = message.get_attribute::<AdditionalAddressFamily>();
@@ -364,8 +368,17 @@ impl Server {
                 }
                 vec![Family::V4, Family::V6]
             }
-            // IPv4 by default, whatever the client's own family (RFC 8656 §7.2).
-            (None, None) => vec![Family::V4],
+            // IPv4 by default, whatever the client's own family (RFC 8656 §7.2). With
+            // --keep-client-family, the client's family if the relay has it; else IPv4,
+            // since a client that did not ask for a family should not get 440 for it.
+            (None, None) => {
+                let own = Family::of_addr(client);
+                if self.config.keep_client_family && self.config.relay_address(own).is_some() {
+                    vec![own]
+                } else {
+                    vec![Family::V4]
+                }
+            }
         };
         if families
             .iter()

@@ -150,6 +150,10 @@ impl Server {
         from: SocketAddr,
         datagram: &[u8],
     ) -> Option<Forward> {
+        if self.is_own_socket(from) {
+            self.counters.from_own_socket += 1;
+            return None;
+        }
         match message::classify(datagram) {
             Framing::ChannelData { channel, payload } => {
                 self.channel_data_from_client(now.instant, listener, from, channel, payload)
@@ -160,6 +164,22 @@ impl Server {
                 None
             }
         }
+    }
+
+    /// Whether a client address is one of the relay's own sockets: a listen or metrics
+    /// socket, or a relay socket (a held relay port on an address relay sockets send from).
+    /// Such a "client" is the relay talking to itself and gets nothing: no Binding answer,
+    /// no nonce, no allocation. The port test comes first and is O(1).
+    fn is_own_socket(&self, from: SocketAddr) -> bool {
+        let family = Family::of_addr(from);
+        let own = self.policy.own_sockets();
+        (self.ports[family.index()].is_held(from.port()) && own.is_relay_source(family, from.ip()))
+            || own.is_service(from)
+    }
+
+    /// The effective peer policy (for the start-up log).
+    pub fn peer_policy(&self) -> &PeerPolicy {
+        &self.policy
     }
 
     fn channel_data_from_client(
@@ -216,6 +236,12 @@ impl Server {
         len: usize,
     ) -> Option<Deliver> {
         let now = now.instant;
+        // Only the relay itself sends from its listen socket: delivering that again would
+        // close a loop (a client address that became a relay socket).
+        if self.policy.own_sockets().is_service(from) {
+            self.counters.from_own_socket += 1;
+            return None;
+        }
         let Some(a) = self
             .allocations
             .get(allocation)

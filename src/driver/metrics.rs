@@ -110,6 +110,7 @@ pub fn render(s: &Snapshot) -> String {
         ("peer_too_large", c.peer_too_large),
         ("send_indication", c.send_dropped),
         ("rate_limited", c.rate_limited),
+        ("from_own_socket", c.from_own_socket),
         ("send_failed", s.io.send_failed),
         ("recv_failed", s.io.recv_failed),
     ] {

@@ -83,7 +83,7 @@ pub struct Driver {
 
 impl Driver {
     /// Binds every listen socket of `config`; fails (for a clear start-up error) if any bind fails.
-    pub fn new(config: Config, seed: [u8; 32], options: Options) -> io::Result<Driver> {
+    pub fn new(mut config: Config, seed: [u8; 32], options: Options) -> io::Result<Driver> {
         let poll = Poll::new()?;
         let signals = signals::ShutdownSignals::new()?;
         poll.registry().register(
@@ -107,7 +107,7 @@ impl Driver {
         };
         let mut sockets = Slab::new();
         let mut listeners = Vec::new();
-        for (index, addr) in config.listeners.iter().enumerate() {
+        for (index, addr) in config.listeners.clone().iter().enumerate() {
             let mut socket = sockets::bind_udp(*addr, false)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
             let entry = sockets.vacant_entry();
@@ -117,8 +117,13 @@ impl Driver {
             let id = ListenerId(
                 u16::try_from(index).map_err(|_| io::Error::other("too many listeners"))?,
             );
+            // The core must know the port the kernel chose: the listen socket is never a peer.
+            if let Ok(bound) = socket.local_addr() {
+                config.listeners[index] = bound;
+            }
             entry.insert(Socket::Listener { id, socket });
         }
+        config.metrics_addr = http.as_ref().and_then(|h| h.local_addr().ok());
         Ok(Driver {
             poll,
             sockets,

@@ -152,7 +152,13 @@ impl Drop for RelayProcess {
 fn parse_listen_addr(line: &str) -> SocketAddr {
     let start = line.find("listening on [").expect("listen line") + "listening on [".len();
     let rest = &line[start..];
-    let end = rest.find([']', ',']).expect("end of address");
+    // An IPv6 address is bracketed itself: its end is after the port that follows "]:".
+    let skip = if rest.starts_with('[') {
+        rest.find("]:").expect("end of IPv6 address") + 2
+    } else {
+        0
+    };
+    let end = skip + rest[skip..].find([']', ',']).expect("end of address");
     rest[..end].parse().expect("listen address")
 }
 
