@@ -192,7 +192,7 @@ fn measure(relay: &RelayProcess, client: &Client, requests: &[Vec<u8>]) -> Measu
     stop.store(true, Ordering::Relaxed);
     let mut rtts = prober.join().expect("prober");
     rtts.sort();
-    assert!(rtts.len() >= 100, "only {} Binding probes", rtts.len());
+    assert!(!rtts.is_empty(), "no Binding probe");
     Measured {
         p50: percentile(&rtts, 50.0),
         p99: percentile(&rtts, 99.0),
@@ -266,6 +266,10 @@ fn a_create_permission_flood_leaves_other_clients_binding_rtt_p99_under_5_ms() {
                 m.flood.answers.len(),
                 m.flood.sent
             ));
+        }
+        // A probe is sent every 5 ms unless the previous one waited: ~600 in 3 s.
+        if m.probes < 300 {
+            failures.push(format!("{n} peers: only {} Binding probes", m.probes));
         }
         if m.p99 >= P99_BOUND {
             failures.push(format!("{n} peers: Binding RTT p99 {:?}", m.p99));
