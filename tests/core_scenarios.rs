@@ -2588,6 +2588,87 @@ fn permissions_and_channels_are_bounded_per_allocation() {
     );
 }
 
+/// `n` distinct, allowed IPv4 peers (8.8.x.y).
+fn distinct_peers(n: usize) -> Vec<SocketAddr> {
+    (0..n)
+        .map(|i| {
+            SocketAddr::new(
+                IpAddr::from([8, 8, (i / 200) as u8 + 4, (i % 200) as u8 + 1]),
+                9,
+            )
+        })
+        .collect()
+}
+
+fn create_permission_req(client: &Client, peers: &[SocketAddr]) -> Req {
+    peers
+        .iter()
+        .fold(client.req(CREATE_PERMISSION), |req, peer| {
+            req.attr(XorPeerAddress::new(*peer))
+        })
+}
+
+#[test]
+fn create_permission_with_64_peers_installs_them_all() {
+    let mut h = Harness::new();
+    let c = h.client("198.51.100.1:40000", "alice");
+    let a = h.allocate(&c);
+    // At the cap: one response (exactly MESSAGE-INTEGRITY), 64 permissions installed.
+    let peers = distinct_peers(64);
+    h.create_permission(&c, &peers);
+    assert_eq!(h.server.gauges(h.now().instant).permissions, [64, 0]);
+    for peer in [peers[0], peers[31], peers[63]] {
+        assert!(h.peer(a.id, peer, b"x").is_some(), "{peer} permitted");
+    }
+    // 64 attributes naming one IP are one permission (deduplicated), refreshed in place.
+    h.create_permission(&c, &[peers[5]; 64]);
+    assert_eq!(h.server.gauges(h.now().instant).permissions, [64, 0]);
+    // At the cap, each peer is still judged: one forbidden peer among 64 is a 403.
+    let mut with_forbidden = distinct_peers(63);
+    with_forbidden.push(addr("127.0.0.1:1"));
+    let r = h.fails(&c, create_permission_req(&c, &with_forbidden), 403);
+    assert_eq!(r.types(), vec![t::ERROR_CODE, t::MESSAGE_INTEGRITY]);
+}
+
+#[test]
+fn create_permission_past_64_peers_is_508_before_any_peer_is_judged() {
+    let mut h = Harness::new();
+    let c = h.client("198.51.100.1:40000", "alice");
+    let a = h.allocate(&c);
+    let peers = distinct_peers(65);
+    // 65 allowed peers: 508, nothing installed.
+    let r = h.fails(&c, create_permission_req(&c, &peers), 508);
+    assert_eq!(r.types(), vec![t::ERROR_CODE, t::MESSAGE_INTEGRITY]);
+    assert_eq!(h.server.gauges(h.now().instant).permissions, [0, 0]);
+    assert!(h.peer(a.id, peers[0], b"x").is_none());
+    // The count decides, not the set: 65 attributes naming one IP are refused too.
+    let r = h.fails(&c, create_permission_req(&c, &[peers[0]; 65]), 508);
+    assert_eq!(r.types(), vec![t::ERROR_CODE, t::MESSAGE_INTEGRITY]);
+    // Refused before the peers are looked at: a forbidden peer or one of the wrong family
+    // among 65 does not turn the answer into 403 or 443.
+    let mut forbidden_first = vec![addr("127.0.0.1:1"), addr("[2001:db8::1]:1")];
+    forbidden_first.extend(distinct_peers(63));
+    h.fails(&c, create_permission_req(&c, &forbidden_first), 508);
+    // As many XOR-PEER-ADDRESS as a datagram holds (5,400): the same 508, nothing installed.
+    let mut huge = distinct_peers(5_399);
+    huge.push(addr("127.0.0.1:1"));
+    let (bytes, forward) = h.send(c.addr, create_permission_req(&c, &huge));
+    assert!(
+        bytes.len() > 64_000 && bytes.len() < 65_507,
+        "{} bytes",
+        bytes.len()
+    );
+    assert_eq!(forward, None);
+    let r = h.expect_response(c.addr);
+    assert_eq!(r.error_code(), Some(508), "{r:?}");
+    assert!(r.integrity_valid(&c.key()));
+    assert_eq!(r.types(), vec![t::ERROR_CODE, t::MESSAGE_INTEGRITY]);
+    assert_eq!(h.server.gauges(h.now().instant).permissions, [0, 0]);
+    // The allocation is unharmed: 64 peers still fit.
+    h.create_permission(&c, &peers[..64]);
+    assert_eq!(h.server.gauges(h.now().instant).permissions, [64, 0]);
+}
+
 #[test]
 fn permission_refresh_and_channel_rebind_during_the_hold() {
     let mut h = Harness::new();

@@ -126,19 +126,43 @@ impl Allocation {
         true
     }
 
-    /// Whether the permissions for all of `ips` can be installed without passing the bound.
+    /// Whether the permissions for all of `ips` (sorted, without duplicates) can be installed
+    /// without passing the bound. Linear in the table: each live permission is looked up in
+    /// `ips` by binary search (permissions are unique per IP, see `permit`).
     pub fn can_permit_all(&self, ips: &[IpAddr], now: Instant) -> bool {
-        let live = self
-            .permissions
-            .iter()
-            .filter(|p| now < p.expires_at)
-            .count();
-        let new = ips
-            .iter()
-            .enumerate()
-            .filter(|(i, ip)| !ips[..*i].contains(ip) && !self.has_permission(**ip, now))
-            .count();
-        live + new <= MAX_PERMISSIONS
+        debug_assert!(ips.windows(2).all(|w| w[0] < w[1]), "sorted and unique");
+        let (mut live, mut present) = (0, 0);
+        for p in self.permissions.iter().filter(|p| now < p.expires_at) {
+            live += 1;
+            if ips.binary_search(&p.ip).is_ok() {
+                present += 1;
+            }
+        }
+        live + (ips.len() - present) <= MAX_PERMISSIONS
+    }
+
+    /// Installs or refreshes the permissions for all of `ips` (sorted, without duplicates),
+    /// or none of them when they would not all fit. One pass over the table, not one per IP.
+    pub fn permit_all(&mut self, ips: &[IpAddr], now: Instant, lifetime: Duration) -> bool {
+        if ips.len() > MAX_PERMISSIONS || !self.can_permit_all(ips, now) {
+            return false;
+        }
+        let expires_at = now + lifetime;
+        self.permissions.retain(|p| now < p.expires_at);
+        let mut refreshed = [false; MAX_PERMISSIONS];
+        for p in &mut self.permissions {
+            if let Ok(i) = ips.binary_search(&p.ip) {
+                p.expires_at = expires_at;
+                refreshed[i] = true;
+            }
+        }
+        for (ip, _) in ips.iter().zip(refreshed).filter(|(_, done)| !done) {
+            self.permissions.push(Permission {
+                ip: *ip,
+                expires_at,
+            });
+        }
+        true
     }
 
     /// The peer of a bound (not expired) channel.

@@ -17,7 +17,7 @@ use stun_codec::rfc8656::attributes::{
     AdditionalAddressFamily, AddressFamily, RequestedAddressFamily,
 };
 
-use super::allocation::{Allocation, BindRefusal, RelaySocket};
+use super::allocation::{Allocation, BindRefusal, MAX_PERMISSIONS, RelaySocket};
 use super::auth::Credentials;
 use super::errors::Failure;
 use super::ids::{AllocationId, Family, ListenerId, Now};
@@ -529,37 +529,56 @@ impl Server {
         Ok(Vec::new())
     }
 
+    /// CreatePermission (RFC 8656 §9): all of the peers' permissions installed, or none.
+    ///
+    /// The work is bounded by MAX_PERMISSIONS, not by the request: one datagram can carry
+    /// ~5,400 XOR-PEER-ADDRESS attributes, and no request can install more than
+    /// MAX_PERMISSIONS, so the peers are counted into a fixed array first and a request
+    /// with more is refused (508) before any of them is policy-checked.
     fn create_permission(
         &mut self,
         now: Now,
         id: AllocationId,
         request: &Decoded,
     ) -> Result<Vec<Attribute>, Failure> {
-        let peers: Vec<SocketAddr> = request
-            .message
-            .attributes()
-            .filter_map(|a| match a {
-                Attribute::XorPeerAddress(p) => Some(p.address()),
-                _ => None,
-            })
-            .collect();
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        let mut peers = [unspecified; MAX_PERMISSIONS];
+        let mut count = 0;
+        for attribute in request.message.attributes() {
+            if let Attribute::XorPeerAddress(peer) = attribute {
+                let slot = peers.get_mut(count).ok_or(Failure::InsufficientCapacity)?;
+                *slot = peer.address();
+                count += 1;
+            }
+        }
+        let peers = &peers[..count];
         if peers.is_empty() {
             return Err(Failure::BadRequest);
         }
-        for peer in &peers {
+        for peer in peers {
             self.check_peer(id, *peer, PeerUse::Permission)?;
         }
-        let ips: Vec<IpAddr> = peers.iter().map(|p| p.ip()).collect();
+        // A permission is per IP: sorted and deduplicated, the set of IPs to install.
+        let mut ips = [IpAddr::from([0, 0, 0, 0]); MAX_PERMISSIONS];
+        for (ip, peer) in ips.iter_mut().zip(peers) {
+            *ip = peer.ip();
+        }
+        let ips = &mut ips[..count];
+        ips.sort_unstable();
+        let mut unique = 0;
+        for i in 0..ips.len() {
+            if unique == 0 || ips[i] != ips[unique - 1] {
+                ips[unique] = ips[i];
+                unique += 1;
+            }
+        }
         let lifetime = self.config.lifetimes.permission;
         let allocation = self
             .allocations
             .get_mut(id)
             .ok_or(Failure::AllocationMismatch)?;
-        if !allocation.can_permit_all(&ips, now.instant) {
+        if !allocation.permit_all(&ips[..unique], now.instant, lifetime) {
             return Err(Failure::InsufficientCapacity);
-        }
-        for ip in ips {
-            allocation.permit(ip, now.instant, lifetime);
         }
         self.schedule(id);
         Ok(Vec::new())

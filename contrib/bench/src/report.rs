@@ -72,6 +72,18 @@ fn rows() -> Vec<Row> {
         decimals: 0,
     });
     rows.push(Row {
+        metric: "nat.allocated_share".into(),
+        label: "NAT: 200 clients on one IP: allocated %".into(),
+        scale: 0.01,
+        decimals: 0,
+    });
+    rows.push(Row {
+        metric: "nat.secs_to_last".into(),
+        label: "NAT: s until all allocated or gave up (7 tries)".into(),
+        scale: 1.0,
+        decimals: 2,
+    });
+    rows.push(Row {
         metric: "memory.idle_rss_kib".into(),
         label: "RSS idle MiB".into(),
         scale: 1024.0,

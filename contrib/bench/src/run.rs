@@ -102,6 +102,22 @@ pub fn run(args: &Args, tools: &Tools, creds: &Credentials) -> Results {
             }
         }
     }
+    // Clients behind one NAT: one source IP, 200 ports, all starting together (full run only).
+    if !args.quick {
+        for &kind in args.servers.iter().filter(|k| k.is_turn()) {
+            seq += 1;
+            eprintln!(
+                "[{:5.1}s] NAT set-up: {} with 200 clients on 127.0.0.1",
+                started.elapsed().as_secs_f64(),
+                kind.key()
+            );
+            if let Err(e) = nat_trial(tools, creds, kind, seq, &mut results) {
+                results
+                    .problems
+                    .push(format!("{} NAT trial: {e}", kind.key()));
+            }
+        }
+    }
     if args.counts {
         let counted: Vec<Kind> = args
             .servers
@@ -312,6 +328,52 @@ fn memory_trial(
     if !server.is_running() {
         return Err(io::Error::other(format!(
             "{} exited during the memory test:\n{}",
+            kind.key(),
+            server.log_tail()
+        )));
+    }
+    server.stop();
+    Ok(())
+}
+
+/// 200 clients on one address (distinct ports of 127.0.0.1, as behind a NAT) all start the
+/// 401 -> Allocate exchange at once, with ordinary retransmissions (500 ms, doubling): the
+/// share allocated within 5 s and the time to the last one.
+fn nat_trial(
+    tools: &Tools,
+    creds: &Credentials,
+    kind: Kind,
+    seq: usize,
+    results: &mut Results,
+) -> io::Result<()> {
+    const CLIENTS: usize = 200;
+    let mut server = Server::start(kind, tools, &Wrapper::None, seq)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let c = sys::udp_loopback()?;
+        c.connect(server.listen)?;
+        clients.push(c);
+    }
+    let est = alloc::establish(
+        &clients,
+        creds,
+        &alloc::Options {
+            window: CLIENTS,
+            rto: Duration::from_millis(500),
+            channel_peer: None,
+        },
+    )?;
+    results.record(
+        kind,
+        "nat.allocated_share",
+        est.allocations_ok as f64 / CLIENTS as f64,
+    );
+    results.record(kind, "nat.secs_to_last", est.allocate_secs);
+    results.record(kind, "nat.retransmits", est.retransmits as f64);
+    if !server.is_running() {
+        return Err(io::Error::other(format!(
+            "{} exited during the NAT test:\n{}",
             kind.key(),
             server.log_tail()
         )));
