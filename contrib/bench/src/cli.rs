@@ -23,6 +23,9 @@ interleaved over several trials, and prints medians and ratios (table + JSON).
                       live allocations for the memory/setup-rate test (default 10000,
                       quick 2000)
   --no-counts         skip strace/callgrind counts
+  --only-many-flows   run only the many-flows workload (1,000 allocations at 40
+                      datagrams/s each way, one send per datagram; --trials rounds,
+                      at most 3)
   --json FILE         write the results as JSON to FILE
   --floors FILE       fail (exit 1) if a ratio or count is past its floor in FILE
   --workdir DIR       logs and tool outputs (default: a fresh directory under /tmp)
@@ -32,6 +35,8 @@ interleaved over several trials, and prints medians and ratios (table + JSON).
 pub struct Args {
     pub relay: PathBuf,
     pub quick: bool,
+    /// Only the many-flows workload (part of every full run).
+    pub only_flows: bool,
     pub trials: usize,
     pub servers: Vec<Kind>,
     pub allocations: usize,
@@ -59,6 +64,7 @@ fn value<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T, Strin
 pub fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut relay = None;
     let mut quick = false;
+    let mut only_flows = false;
     let mut trials = None;
     let mut servers = None;
     let mut allocations = 8usize;
@@ -73,6 +79,7 @@ pub fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
         match arg.as_str() {
             "--relay" => relay = Some(PathBuf::from(value::<String>(&arg, args.next())?)),
             "--quick" => quick = true,
+            "--only-many-flows" => only_flows = true,
             "--trials" => trials = Some(value::<usize>(&arg, args.next())?),
             "--servers" => {
                 let list: String = value(&arg, args.next())?;
@@ -99,6 +106,9 @@ pub fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
         }
     }
     let relay = relay.ok_or("--relay PATH is required")?;
+    if quick && only_flows {
+        return Err("--only-many-flows is not part of --quick".into());
+    }
     if allocations == 0 || allocations > 1000 {
         return Err("--allocations: 1..=1000".into());
     }
@@ -133,6 +143,7 @@ pub fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
     Ok(Args {
         relay,
         quick,
+        only_flows,
         trials,
         servers,
         allocations,
@@ -156,4 +167,27 @@ pub fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
         floors,
         workdir,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    fn args(list: &[&str]) -> impl Iterator<Item = String> {
+        list.iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn only_many_flows_is_a_full_run_option() {
+        let a = parse(args(&["--relay", "r", "--only-many-flows"])).expect("parses");
+        assert!(a.only_flows && !a.quick);
+        assert!(!parse(args(&["--relay", "r"])).expect("parses").only_flows);
+        assert_eq!(
+            parse(args(&["--relay", "r", "--quick", "--only-many-flows"])).err(),
+            Some("--only-many-flows is not part of --quick".to_string())
+        );
+    }
 }

@@ -4,6 +4,7 @@
 mod alloc;
 mod cli;
 mod counts;
+mod flows;
 mod json;
 mod load;
 mod report;
@@ -121,7 +122,13 @@ fn bench(args: &cli::Args) -> Result<bool, String> {
     }
     println!(
         "mode: {}, {} trials interleaved, {} allocations with a channel, {:.1} s per saturation run, {:.0} s in all\n",
-        if args.quick { "quick" } else { "full" },
+        if args.quick {
+            "quick"
+        } else if args.only_flows {
+            "many flows only"
+        } else {
+            "full"
+        },
         args.trials,
         args.allocations,
         args.measure.as_secs_f64(),

@@ -84,6 +84,30 @@ fn rows() -> Vec<Row> {
         decimals: 2,
     });
     rows.push(Row {
+        metric: "flows.cpu_us_per_packet".into(),
+        label: "many flows: CPU µs/packet".into(),
+        scale: 1.0,
+        decimals: 2,
+    });
+    rows.push(Row {
+        metric: "flows.server_cpu_share".into(),
+        label: "many flows: server CPU %".into(),
+        scale: 0.01,
+        decimals: 1,
+    });
+    rows.push(Row {
+        metric: "flows.c2p.loss".into(),
+        label: "many flows: loss c2p %".into(),
+        scale: 0.01,
+        decimals: 2,
+    });
+    rows.push(Row {
+        metric: "flows.p2c.loss".into(),
+        label: "many flows: loss p2c %".into(),
+        scale: 0.01,
+        decimals: 2,
+    });
+    rows.push(Row {
         metric: "memory.idle_rss_kib".into(),
         label: "RSS idle MiB".into(),
         scale: 1024.0,

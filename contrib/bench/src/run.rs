@@ -1,6 +1,7 @@
 //! The benchmark's schedule: every server once per trial, one after another (A B C A B C …),
 //! so that a slow minute of the shared machine hits all of them alike; then the memory and
-//! set-up-rate test; then the counts that noise does not move (strace, callgrind).
+//! set-up-rate test; in a full run the NAT and many-flows workloads; then the counts that
+//! noise does not move (strace, callgrind).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::alloc;
 use crate::cli::Args;
 use crate::counts;
+use crate::flows;
 use crate::load::{self, Direction};
 use crate::servers::{self, Kind, Server, Tools, Wrapper};
 use crate::stun::Credentials;
@@ -67,6 +69,10 @@ pub fn run(args: &Args, tools: &Tools, creds: &Credentials) -> Results {
     let mut results = Results::default();
     let mut seq = 0usize;
     let started = Instant::now();
+    if args.only_flows {
+        many_flows(args, tools, creds, &mut seq, started, &mut results);
+        return results;
+    }
     for trial in 0..args.trials {
         for &kind in &args.servers {
             seq += 1;
@@ -117,6 +123,10 @@ pub fn run(args: &Args, tools: &Tools, creds: &Credentials) -> Results {
                     .push(format!("{} NAT trial: {e}", kind.key()));
             }
         }
+    }
+    // Many flows at an ordinary rate, nothing batchable (full run only).
+    if !args.quick {
+        many_flows(args, tools, creds, &mut seq, started, &mut results);
     }
     if args.counts {
         let counted: Vec<Kind> = args
@@ -378,6 +388,101 @@ fn nat_trial(
             server.log_tail()
         )));
     }
+    server.stop();
+    Ok(())
+}
+
+/// Trials of the many-flows workload: at most 3 rounds over the servers, interleaved.
+const FLOWS_TRIALS: usize = 3;
+
+fn many_flows(
+    args: &Args,
+    tools: &Tools,
+    creds: &Credentials,
+    seq: &mut usize,
+    started: Instant,
+    results: &mut Results,
+) {
+    let trials = args.trials.min(FLOWS_TRIALS);
+    for trial in 0..trials {
+        for &kind in &args.servers {
+            *seq += 1;
+            eprintln!(
+                "[{:5.1}s] many flows {}/{trials}: {} with {} allocations at {}/s each way",
+                started.elapsed().as_secs_f64(),
+                trial + 1,
+                kind.key(),
+                flows::FLOWS,
+                flows::RATE
+            );
+            if let Err(e) = flows_trial(tools, creds, kind, *seq, results) {
+                results.problems.push(format!(
+                    "{} many-flows trial {}: {e}",
+                    kind.key(),
+                    trial + 1
+                ));
+            }
+        }
+    }
+}
+
+/// 1,000 allocations with a channel each (clients on distinct addresses 127.1.x.y), 40
+/// datagrams/s of 200 B each way each, one sendto per datagram: CPU per relayed packet
+/// and loss each way.
+fn flows_trial(
+    tools: &Tools,
+    creds: &Credentials,
+    kind: Kind,
+    seq: usize,
+    results: &mut Results,
+) -> io::Result<()> {
+    let mut server = Server::start(kind, tools, &Wrapper::None, seq)?;
+    let path = load::setup(&server, flows::FLOWS, creds)?;
+    let f = flows::run(
+        &path,
+        &server,
+        Duration::from_millis(500),
+        Duration::from_secs(3),
+    )?;
+    results.record(kind, "flows.cpu_us_per_packet", f.cpu_us_per_packet());
+    results.record(kind, "flows.server_cpu_share", f.server_cpu_share());
+    results.record(kind, "flows.c2p.loss", f.loss(0));
+    results.record(kind, "flows.p2c.loss", f.loss(1));
+    results.record(kind, "flows.c2p.offered_pps", f.offered_pps(0));
+    results.record(kind, "flows.p2c.offered_pps", f.offered_pps(1));
+    let wanted = (flows::FLOWS as u64 * flows::RATE) as f64;
+    for (d, name) in ["c2p", "p2c"].iter().enumerate() {
+        if f.offered_pps(d) < 0.95 * wanted {
+            results.notes.push(format!(
+                "{} many flows {name}: the load generator offered {:.0} of {wanted:.0} datagrams/s",
+                kind.key(),
+                f.offered_pps(d)
+            ));
+        }
+    }
+    if f.send_errors > 0 || f.loadgen_socket_drops > 0 {
+        results.notes.push(format!(
+            "{} many flows: {} failed sends, {} datagrams dropped at the load generator's full sockets (counted as relayed)",
+            kind.key(),
+            f.send_errors,
+            f.loadgen_socket_drops
+        ));
+    }
+    if f.corrupt > 0 {
+        results.problems.push(format!(
+            "{} many flows: {} corrupt datagrams received",
+            kind.key(),
+            f.corrupt
+        ));
+    }
+    if !server.is_running() {
+        return Err(io::Error::other(format!(
+            "{} exited during the many-flows test:\n{}",
+            kind.key(),
+            server.log_tail()
+        )));
+    }
+    drop(path);
     server.stop();
     Ok(())
 }
