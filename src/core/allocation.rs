@@ -8,6 +8,7 @@ use stun_codec::TransactionId;
 
 use super::ids::{Family, ListenerId, RelayId};
 use super::ports::PortNeed;
+use super::timer::TimerHandle;
 
 /// Bounds on per-allocation state, so that one authenticated client cannot grow memory
 /// without limit. WebRTC clients use a handful of each.
@@ -86,8 +87,9 @@ pub struct Allocation {
     pub retry_need: Option<PortNeed>,
     /// The token of the port reserved next to ours (EVEN-PORT with R), for the response.
     pub reservation: Option<u64>,
-    /// Deadline of this allocation's live timer entry.
-    pub scheduled: Option<Instant>,
+    /// Its one entry in the timer wheel, once it is live (filed when the Allocate succeeds,
+    /// moved when a deadline changes, cancelled when the allocation goes).
+    pub timer: Option<TimerHandle>,
 }
 
 impl Allocation {
@@ -259,7 +261,7 @@ mod tests {
             dont_fragment: false,
             retry_need: Some(PortNeed::Any),
             reservation: None,
-            scheduled: None,
+            timer: None,
         }
     }
 

@@ -68,6 +68,9 @@ pub struct Gauges {
     pub allocations: [usize; 2],
     pub permissions: [usize; 2],
     pub channels: [usize; 2],
+    /// Ports held by allocations (and binds in flight), by EVEN-PORT reservations, and free;
+    /// together the configured range.
     pub ports_used: [usize; 2],
+    pub ports_reserved: [usize; 2],
     pub ports_free: [usize; 2],
 }

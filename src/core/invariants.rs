@@ -17,8 +17,10 @@ pub struct Footprint {
     pub reservations: usize,
     pub ports_in_use: usize,
     pub queued_outputs: usize,
-    /// Whether any deadline is scheduled (the timer heap is non-empty).
+    /// Whether any deadline is scheduled (the timer wheel is non-empty).
     pub timer_scheduled: bool,
+    /// Entries in the timer wheel: one per live allocation and reservation, never more.
+    pub timer_entries: usize,
 }
 
 impl Server {
@@ -32,6 +34,7 @@ impl Server {
             ports_in_use: self.ports.iter().map(|p| p.in_use()).sum(),
             queued_outputs: self.outputs.len(),
             timer_scheduled: self.poll_timeout().is_some(),
+            timer_entries: self.timers.len(),
         }
     }
 
@@ -85,6 +88,9 @@ impl Server {
         for (_, a) in self.allocations.iter() {
             *per_user.entry(quota_user(&a.username)).or_default() += 1;
         }
+        for r in self.reservations.values() {
+            *per_user.entry(r.user.as_str()).or_default() += 1;
+        }
         let books: HashMap<&str, usize> = self
             .user_allocations
             .iter()
@@ -93,6 +99,19 @@ impl Server {
         if per_user != books {
             broken.push(format!(
                 "per-user allocation counts {books:?}, allocations say {per_user:?}"
+            ));
+        }
+        // One timer entry per live allocation and reservation, and no other.
+        let timed = self
+            .allocations
+            .iter()
+            .filter(|(_, a)| a.timer.is_some())
+            .count();
+        if self.timers.len() != timed + self.reservations.len() {
+            broken.push(format!(
+                "{} timer entries for {timed} timed allocations and {} reservations",
+                self.timers.len(),
+                self.reservations.len()
             ));
         }
         let mut relays = HashSet::new();
@@ -129,7 +148,7 @@ impl Server {
                     "{id:?} has a channel to a peer of a family it does not relay"
                 ));
             }
-            if a.is_open() && a.scheduled.is_none() && a.allocate_response.is_some() {
+            if a.is_open() && a.timer.is_none() && a.allocate_response.is_some() {
                 broken.push(format!("{id:?} is live but has no timer"));
             }
         }

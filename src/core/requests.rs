@@ -3,7 +3,7 @@
 //! in one place (`Server::reply_error`).
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use stun_codec::MessageClass;
 use stun_codec::rfc5389::attributes::XorMappedAddress;
@@ -37,6 +37,14 @@ pub(super) struct Requester {
 }
 
 const UDP: u8 = 17;
+/// What a new allocation takes of the quotas: one slot, or two with EVEN-PORT's R bit; a
+/// RESERVATION-TOKEN's claim gives its reservation's slot back.
+#[derive(Clone, Copy)]
+struct Demand {
+    slots: usize,
+    claim: Option<u64>,
+}
+
 /// How long a port reserved by EVEN-PORT's R bit waits to be claimed (RFC 8656 §7.2: ~30 s).
 const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 
@@ -169,6 +177,14 @@ impl Server {
         // timer has not fired yet, so that the 5-tuple, the quotas and the port pool below
         // are judged on live allocations only.
         self.expire_due(now.instant);
+        if self
+            .by_client
+            .get(&(requester.listener, requester.client))
+            .and_then(|id| self.allocations.get(*id))
+            .is_some_and(|a| a.expires_at <= now.instant)
+        {
+            self.expire_due_exact(now.instant);
+        }
         if let Some(&id) = self.by_client.get(&(requester.listener, requester.client)) {
             let existing = self
                 .allocations
@@ -192,19 +208,22 @@ impl Server {
 
         let families = self.requested_families(request, requester.client)?;
         let user = super::server::quota_user(&credentials.username);
-        if self.user_allocations.get(user).copied().unwrap_or(0)
-            >= self.config.max_allocations_per_user
-        {
-            return Err(Failure::AllocationQuotaReached);
-        }
-        if self.allocations.len() >= self.config.max_allocations {
-            return Err(Failure::InsufficientCapacity);
-        }
         let even_port = message.get_attribute::<EvenPort>();
         let token = message
             .get_attribute::<ReservationToken>()
             .map(|t| t.token());
         let reserves = even_port.is_some_and(|e| e.is_requested());
+        let demand = Demand {
+            slots: if reserves { 2 } else { 1 },
+            claim: token,
+        };
+        if let Err(failure) = self.within_limits(user, demand, now.instant) {
+            // Refusing: first drop what expired earlier in this second, so that nothing
+            // over counts (the wheel fires at the end of each second).
+            self.expire_due_exact(now.instant);
+            self.within_limits(user, demand, now.instant)
+                .map_err(|_| failure)?;
+        }
         // RFC 8656 §7.2: a reservation is for one port of one family.
         if (even_port.is_some() && token.is_some())
             || ((reserves || token.is_some()) && families.len() > 1)
@@ -219,10 +238,16 @@ impl Server {
         let lifetime = self.granted_lifetime(message.get_attribute::<Lifetime>());
         let ports = match token {
             Some(token) => self.claim_reservation(token, families[0], now)?,
-            None => self.take_ports(&families, need)?,
+            None => match self.take_ports(&families, need) {
+                Ok(ports) => ports,
+                Err(_) => {
+                    self.expire_due_exact(now.instant);
+                    self.take_ports(&families, need)?
+                }
+            },
         };
         let reservation =
-            (need == PortNeed::EvenPair).then(|| self.reserve_next(families[0], &ports, now));
+            (need == PortNeed::EvenPair).then(|| self.reserve_next(user, families[0], &ports, now));
         let relays = ports.map(|port| match port {
             Some(port) => RelaySocket::Opening { port, attempts: 1 },
             None => RelaySocket::None,
@@ -242,17 +267,40 @@ impl Server {
             dont_fragment: message.get_attribute::<DontFragment>().is_some(),
             retry_need: token.is_none().then_some(need),
             reservation,
-            scheduled: None,
+            timer: None,
         });
         self.by_client
             .insert((requester.listener, requester.client), id);
-        *self.user_allocations.entry(user.to_owned()).or_insert(0) += 1;
+        self.count_user(user);
         for family in families {
             if let Some(port) = ports[family.index()] {
                 self.request_relay(id, family, port);
             }
         }
         Ok(None)
+    }
+
+    /// The per-user quota (486) and the total (508) a new allocation must fit. A port held
+    /// by EVEN-PORT's R bit counts as an allocation in both, for the user who reserved it:
+    /// it is an allocation to come, and otherwise a user could hold ports past every limit
+    /// by reserving and deleting. Claiming a reservation turns its slot into the allocation.
+    fn within_limits(&self, user: &str, demand: Demand, now: Instant) -> Result<(), Failure> {
+        let claimed = demand
+            .claim
+            .and_then(|token| self.reservations.get(&token))
+            .filter(|r| now < r.expires_at);
+        let own_claim = claimed.is_some_and(|r| r.user == user);
+        let held = self.user_allocations.get(user).copied().unwrap_or(0);
+        let held = held.saturating_sub(usize::from(own_claim));
+        if held + demand.slots > self.config.max_allocations_per_user {
+            return Err(Failure::AllocationQuotaReached);
+        }
+        let total = (self.allocations.len() + self.reservations.len())
+            .saturating_sub(usize::from(claimed.is_some()));
+        if total + demand.slots > self.config.max_allocations {
+            return Err(Failure::InsufficientCapacity);
+        }
+        Ok(())
     }
 
     /// One port per family, or none at all (508).
@@ -285,7 +333,7 @@ impl Server {
         family: Family,
         now: Now,
     ) -> Result<[Option<u16>; 2], Failure> {
-        let reservation = *self
+        let reservation = self
             .reservations
             .get(&token)
             .ok_or(Failure::InsufficientCapacity)?;
@@ -295,28 +343,46 @@ impl Server {
         if reservation.family != family {
             return Err(Failure::BadRequest);
         }
-        self.reservations.remove(&token);
+        let reservation = self
+            .reservations
+            .remove(&token)
+            .ok_or(Failure::InsufficientCapacity)?;
+        self.timers
+            .cancel(reservation.timer, Due::Reservation(token));
+        // Its slot passes to the allocation that claims it.
+        self.uncount_user(&reservation.user);
         let mut ports = [None, None];
         ports[family.index()] = Some(reservation.port);
         Ok(ports)
     }
 
     /// Holds the odd neighbour of the even port just taken, for RESERVATION_LIFETIME.
-    fn reserve_next(&mut self, family: Family, ports: &[Option<u16>; 2], now: Now) -> u64 {
+    fn reserve_next(
+        &mut self,
+        user: &str,
+        family: Family,
+        ports: &[Option<u16>; 2],
+        now: Now,
+    ) -> u64 {
         let token = self.rng.next_u64();
         if let Some(port) = ports[family.index()].and_then(|p| p.checked_add(1))
             && self.ports[family.index()].take_exact(port)
         {
             let expires_at = now.instant + RESERVATION_LIFETIME;
+            let timer = self
+                .timers
+                .schedule(now.instant, expires_at, Due::Reservation(token));
             self.reservations.insert(
                 token,
                 Reservation {
                     family,
                     port,
                     expires_at,
+                    timer,
+                    user: user.to_owned(),
                 },
             );
-            self.timers.schedule(expires_at, Due::Reservation(token));
+            self.count_user(user);
         }
         token
     }
@@ -346,6 +412,9 @@ impl Server {
     /// Gives a reservation back to the pool (its allocation failed).
     fn cancel_reservation(&mut self, token: u64) {
         if let Some(reservation) = self.reservations.remove(&token) {
+            self.timers
+                .cancel(reservation.timer, Due::Reservation(token));
+            self.uncount_user(&reservation.user);
             self.ports[reservation.family.index()].release(reservation.port);
         }
     }
@@ -431,7 +500,7 @@ impl Server {
         }
         self.counters.allocations_created += 1;
         self.counters.count_response(ALLOCATE.as_u16(), 200);
-        self.schedule(id);
+        self.schedule(id, now.instant);
         self.reply(requester.listener, requester.client, bytes);
     }
 
@@ -485,7 +554,7 @@ impl Server {
             return Ok(vec![lifetime_attribute(Duration::ZERO)]);
         }
         allocation.expires_at = now.instant + lifetime;
-        self.schedule(id);
+        self.schedule(id, now.instant);
         Ok(vec![lifetime_attribute(lifetime)])
     }
 
@@ -525,7 +594,7 @@ impl Server {
                 BindRefusal::Full => Failure::InsufficientCapacity,
             })?;
         allocation.permit(peer.ip(), now.instant, limits.permission);
-        self.schedule(id);
+        self.schedule(id, now.instant);
         Ok(Vec::new())
     }
 
@@ -580,7 +649,7 @@ impl Server {
         if !allocation.permit_all(&ips[..unique], now.instant, lifetime) {
             return Err(Failure::InsufficientCapacity);
         }
-        self.schedule(id);
+        self.schedule(id, now.instant);
         Ok(Vec::new())
     }
 

@@ -22,7 +22,7 @@ use super::policy::PeerPolicy;
 use super::ports::PortPool;
 use super::rate_limit::RateLimit;
 use super::rng::Rng;
-use super::timer::{Due, Timers};
+use super::timer::{Due, TimerHandle, Timers};
 
 /// Bytes the driver leaves free in front of a peer datagram, so the core can write the
 /// ChannelData header (4 bytes) or a Data indication header (up to 48 bytes) in place.
@@ -77,11 +77,15 @@ pub enum OpenError {
 }
 
 /// A relay port held by EVEN-PORT's R bit until claimed or expired.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Reservation {
     pub family: Family,
     pub port: u16,
     pub expires_at: Instant,
+    /// Its one entry in the timer wheel.
+    pub timer: TimerHandle,
+    /// Whose quota it counts against (`quota_user` of the Allocate that reserved it).
+    pub user: String,
 }
 
 pub struct Server {
@@ -95,7 +99,7 @@ pub struct Server {
     pub(super) rng: Rng,
     pub(super) outputs: VecDeque<Output>,
     pub(super) counters: Counters,
-    /// Live allocations per user, for `max_allocations_per_user`.
+    /// Live allocations and reservations per user, for `max_allocations_per_user`.
     pub(super) user_allocations: HashMap<String, usize, SeededState>,
     pub(super) unauthenticated_answers: RateLimit,
     /// Ports held for a later Allocate with RESERVATION-TOKEN, by token.
@@ -377,49 +381,70 @@ impl Server {
     /// `now`. Also called before decisions that count live state (Allocate), since the
     /// driver's timeout may come later than the deadline.
     pub(super) fn expire_due(&mut self, now: Instant) {
-        while let Some((at, due)) = self.timers.pop_due(now) {
-            let id = match due {
-                Due::Allocation(id) => id,
-                Due::Reservation(token) => {
-                    self.expire_reservation(token, now);
-                    continue;
-                }
-            };
-            let Some(allocation) = self.allocations.get_mut(id) else {
-                continue;
-            };
-            if allocation.scheduled != Some(at) {
-                continue; // superseded by an earlier entry
-            }
-            allocation.scheduled = None;
-            if allocation.expires_at <= now {
-                self.counters.allocations_expired += 1;
-                self.remove_allocation(id);
-                continue;
-            }
-            allocation.sweep(now);
-            self.schedule(id);
+        while let Some(due) = self.timers.pop_due(now) {
+            self.fired(due, now);
         }
     }
 
+    /// `expire_due`, and also what expired earlier in the current second (the wheel fires
+    /// at the end of each second): for decisions that must not count expired state.
+    pub(super) fn expire_due_exact(&mut self, now: Instant) {
+        self.expire_due(now);
+        while let Some(due) = self.timers.pop_due_exact(now) {
+            self.fired(due, now);
+        }
+    }
+
+    /// A timer entry has fired (and left the wheel). It is a hint: the owner's own deadline
+    /// says whether anything is over; if not, the owner is filed again.
+    fn fired(&mut self, due: Due, now: Instant) {
+        let id = match due {
+            Due::Allocation(id) => id,
+            Due::Reservation(token) => {
+                self.expire_reservation(token, now);
+                return;
+            }
+        };
+        let Some(allocation) = self.allocations.get_mut(id) else {
+            return;
+        };
+        allocation.timer = None;
+        if allocation.expires_at <= now {
+            self.counters.allocations_expired += 1;
+            self.remove_allocation(id);
+            return;
+        }
+        allocation.sweep(now);
+        self.schedule(id, now);
+    }
+
     fn expire_reservation(&mut self, token: u64, now: Instant) {
-        if let Some(reservation) = self.reservations.get(&token).copied()
-            && reservation.expires_at <= now
-        {
-            self.reservations.remove(&token);
+        let Some(reservation) = self.reservations.get_mut(&token) else {
+            return;
+        };
+        if reservation.expires_at > now {
+            reservation.timer =
+                self.timers
+                    .schedule(now, reservation.expires_at, Due::Reservation(token));
+            return;
+        }
+        if let Some(reservation) = self.reservations.remove(&token) {
+            self.uncount_user(&reservation.user);
             self.ports[reservation.family.index()].release(reservation.port);
         }
     }
 
-    /// Makes sure the timer fires no later than the allocation's next deadline.
-    pub(super) fn schedule(&mut self, id: AllocationId) {
+    /// Files the allocation's one timer entry at its next deadline (moving it if it has one).
+    pub(super) fn schedule(&mut self, id: AllocationId, now: Instant) {
         let Some(allocation) = self.allocations.get_mut(id) else {
             return;
         };
         let deadline = allocation.next_deadline();
-        if allocation.scheduled.is_none_or(|at| deadline < at) {
-            allocation.scheduled = Some(deadline);
-            self.timers.schedule(deadline, Due::Allocation(id));
+        match allocation.timer {
+            Some(handle) => self.timers.reschedule(handle, deadline),
+            None => {
+                allocation.timer = Some(self.timers.schedule(now, deadline, Due::Allocation(id)));
+            }
         }
     }
 
@@ -428,15 +453,12 @@ impl Server {
         let Some(allocation) = self.allocations.remove(id) else {
             return;
         };
+        if let Some(handle) = allocation.timer {
+            self.timers.cancel(handle, Due::Allocation(id));
+        }
         self.by_client
             .remove(&(allocation.listener, allocation.client));
-        let user = quota_user(&allocation.username);
-        if let Some(count) = self.user_allocations.get_mut(user) {
-            *count -= 1;
-            if *count == 0 {
-                self.user_allocations.remove(user);
-            }
-        }
+        self.uncount_user(quota_user(&allocation.username));
         for family in Family::ALL {
             let relay = allocation.relay(family);
             match relay {
@@ -448,6 +470,26 @@ impl Server {
                     self.outputs.push_back(Output::CloseRelay { relay });
                     self.ports[family.index()].release(port);
                 }
+            }
+        }
+    }
+
+    /// One more allocation or reservation for `user`'s quota.
+    pub(super) fn count_user(&mut self, user: &str) {
+        match self.user_allocations.get_mut(user) {
+            Some(count) => *count += 1,
+            None => {
+                self.user_allocations.insert(user.to_owned(), 1);
+            }
+        }
+    }
+
+    /// One fewer; a user with none leaves the table.
+    pub(super) fn uncount_user(&mut self, user: &str) {
+        if let Some(count) = self.user_allocations.get_mut(user) {
+            *count -= 1;
+            if *count == 0 {
+                self.user_allocations.remove(user);
             }
         }
     }
@@ -469,7 +511,8 @@ impl Server {
         self.allocations.len()
     }
 
-    /// Totals by family, for metrics. O(allocations): call per scrape, not per packet.
+    /// Totals by family, for metrics. O(allocations + reservations): call per scrape, not
+    /// per packet.
     pub fn gauges(&self, now: Instant) -> Gauges {
         let mut gauges = Gauges::default();
         for (_, allocation) in self.allocations.iter() {
@@ -490,7 +533,13 @@ impl Server {
             .filter(|f| self.config.relay_address(*f).is_some())
         {
             let pool = &self.ports[family.index()];
-            gauges.ports_used[family.index()] = pool.in_use();
+            let reserved = self
+                .reservations
+                .values()
+                .filter(|r| r.family == family)
+                .count();
+            gauges.ports_used[family.index()] = pool.in_use().saturating_sub(reserved);
+            gauges.ports_reserved[family.index()] = reserved;
             gauges.ports_free[family.index()] = pool.free();
         }
         gauges

@@ -44,7 +44,7 @@ pub fn render(s: &Snapshot) -> String {
         &mut out,
         "relay_relay_ports",
         "gauge",
-        "Relay ports of the configured range, by family and state.",
+        "Relay ports of the configured range, by family and state (used by allocations, reserved by EVEN-PORT, free).",
     );
     for family in Family::ALL {
         let i = family.index();
@@ -53,6 +53,11 @@ pub fn render(s: &Snapshot) -> String {
             out,
             "relay_relay_ports{{family=\"{name}\",state=\"used\"}} {}",
             g.ports_used[i]
+        );
+        let _ = writeln!(
+            out,
+            "relay_relay_ports{{family=\"{name}\",state=\"reserved\"}} {}",
+            g.ports_reserved[i]
         );
         let _ = writeln!(
             out,
