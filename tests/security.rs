@@ -19,7 +19,7 @@ use stun_client::{Creds, Req, Response, types as t};
 use stun_codec::MessageClass;
 use stun_codec::rfc5389::attributes::Software;
 use stun_codec::rfc5766::attributes::{
-    ChannelNumber, Data, Lifetime, RequestedTransport, XorPeerAddress,
+    ChannelNumber, Data, EvenPort, Lifetime, RequestedTransport, ReservationToken, XorPeerAddress,
 };
 use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH, SEND};
 use stun_codec::rfc8656::attributes::{AdditionalAddressFamily, AddressFamily};
@@ -1336,4 +1336,191 @@ mod loops_over_udp {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// State bounded by live state (issue 10, item 1)
+// ---------------------------------------------------------------------------------------
+
+/// Answers every OpenRelay at once and drops the rest, without the per-input invariant walk
+/// (for the million-cycle loop); returns the client answers' error codes (0 for success).
+fn drain_fast(h: &mut Harness) -> Vec<u16> {
+    let mut codes = Vec::new();
+    while let Some(output) = h.server.poll_output() {
+        match output {
+            Output::OpenRelay {
+                allocation, family, ..
+            } => {
+                h.next_relay += 1;
+                let relay = RelayId(h.next_relay);
+                h.server
+                    .handle_relay_opened(h.now(), allocation, family, Ok(relay));
+            }
+            Output::ToClient { bytes, .. } => {
+                codes.push(Response::decode(&bytes).error_code().unwrap_or(0));
+            }
+            Output::CloseRelay { .. } => {}
+        }
+    }
+    codes
+}
+
+#[test]
+fn a_million_allocate_and_delete_cycles_leave_the_footprint_at_baseline() {
+    // Reproduction: one client on one 5-tuple, quota 1, Allocate + Refresh(LIFETIME 0) in a
+    // loop. A lazy-deletion timer heap kept one entry per cycle until the deleted
+    // allocation's would-be expiry; the wheel holds one per live allocation.
+    let mut h = Harness::new(Config {
+        max_allocations_per_user: 1,
+        ..config()
+    });
+    let c = h.client("8.8.8.1:40000", "alice");
+    let mut allocate = c.req(ALLOCATE).attr(RequestedTransport::new(17));
+    allocate.transaction_id = Some([1; 12]);
+    let allocate = allocate.build();
+    let mut delete = c
+        .req(REFRESH)
+        .attr(Lifetime::new(Duration::ZERO).unwrap_or_else(|_| unreachable!()));
+    delete.transaction_id = Some([2; 12]);
+    let delete = delete.build();
+    for cycle in 0..1_000_000u32 {
+        h.send_bytes(c.addr, &allocate);
+        assert_eq!(drain_fast(&mut h), vec![0], "Allocate, cycle {cycle}");
+        assert_eq!(h.server.footprint().timer_entries, 1);
+        h.send_bytes(c.addr, &delete);
+        assert_eq!(drain_fast(&mut h), vec![0], "Refresh(0), cycle {cycle}");
+        if cycle % 100_000 == 0 {
+            h.elapsed += Duration::from_millis(10);
+            h.server.handle_timeout(h.now());
+            assert_eq!(h.server.footprint(), Footprint::default(), "cycle {cycle}");
+        }
+    }
+    assert_eq!(h.server.footprint(), Footprint::default());
+    assert!(h.server.invariant_violations().is_empty());
+}
+
+#[test]
+fn refreshes_with_ever_shorter_lifetimes_keep_one_timer_entry() {
+    let mut h = Harness::new(config());
+    let c = h.client("8.8.8.1:40000", "alice");
+    h.allocate(&c);
+    for secs in (600..=3600u64).rev() {
+        let lifetime = Lifetime::new(Duration::from_secs(secs)).unwrap_or_else(|_| unreachable!());
+        assert_eq!(h.code(&c, c.req(REFRESH).attr(lifetime)), None);
+        assert_eq!(
+            h.server.footprint().timer_entries,
+            1,
+            "after Refresh({secs})"
+        );
+    }
+    // The entry moved to the last deadline: the allocation ends at 600 s, not earlier.
+    assert_eq!(
+        h.server.poll_timeout(),
+        Some(h.t0 + Duration::from_secs(600))
+    );
+    h.advance(Duration::from_secs(599));
+    assert_eq!(h.server.allocation_count(), 1);
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.server.footprint(), Footprint::default());
+}
+
+fn even_port_allocate(c: &Client) -> Req {
+    c.req(ALLOCATE)
+        .attr(RequestedTransport::new(17))
+        .attr(EvenPort::new(true))
+}
+
+#[test]
+fn reservations_count_against_the_user_quota() {
+    // Reproduction: a user limited to 1 allocation held 31 of 64 relay ports with no
+    // allocation, by EVEN-PORT R=1 Allocate + delete in a loop; everyone else's EVEN-PORT
+    // Allocate got 508. Now a reservation takes a quota slot until it is claimed or expires.
+    let mut h = Harness::new(Config {
+        max_allocations_per_user: 1,
+        ports: PORT_LOW..=PORT_LOW + 63,
+        ..config()
+    });
+    let mallory = h.client("8.8.8.1:40000", "mallory");
+    // At the limit: an allocation and its reservation need two slots.
+    assert_eq!(h.code(&mallory, even_port_allocate(&mallory)), Some(486));
+    for _ in 0..31 {
+        assert_eq!(h.code(&mallory, even_port_allocate(&mallory)), Some(486));
+        let plain = mallory.req(ALLOCATE).attr(RequestedTransport::new(17));
+        assert_eq!(h.code(&mallory, plain), None);
+        let delete = mallory
+            .req(REFRESH)
+            .attr(Lifetime::new(Duration::ZERO).unwrap_or_else(|_| unreachable!()));
+        assert_eq!(h.code(&mallory, delete), None);
+    }
+    assert_eq!(h.server.ports_in_use(), [0, 0]);
+    let bob = h.client("8.8.8.2:40000", "bob");
+    assert_eq!(h.code(&bob, even_port_allocate(&bob)), Some(486));
+}
+
+#[test]
+fn a_reservation_holds_a_quota_slot_and_a_total_slot_until_claimed_or_expired() {
+    let mut h = Harness::new(Config {
+        max_allocations_per_user: 2,
+        max_allocations: 3,
+        ..config()
+    });
+    let a = h.client("8.8.8.1:40000", "alice");
+    let r = h.call(a.addr, even_port_allocate(&a));
+    assert_eq!(r.class(), MessageClass::SuccessResponse, "{r:?}");
+    let token = r
+        .get::<ReservationToken>()
+        .unwrap_or_else(|| unreachable!())
+        .token();
+    let gauges = h.server.gauges(h.now().instant);
+    assert_eq!((gauges.ports_used, gauges.ports_reserved), ([1, 0], [1, 0]));
+    let delete = a
+        .req(REFRESH)
+        .attr(Lifetime::new(Duration::ZERO).unwrap_or_else(|_| unreachable!()));
+    assert_eq!(h.code(&a, delete), None);
+    // The reservation outlives its allocation and still holds one of alice's two slots.
+    assert_eq!(h.server.footprint().users_with_allocations, 1);
+    assert_eq!(h.code(&a, even_port_allocate(&a)), Some(486));
+    let a2 = h.client("8.8.8.1:40001", "alice");
+    let plain = a2.req(ALLOCATE).attr(RequestedTransport::new(17));
+    assert_eq!(h.code(&a2, plain), None);
+    // Past the limit: alice has an allocation and a reservation.
+    let a3 = h.client("8.8.8.1:40002", "alice");
+    let plain = a3.req(ALLOCATE).attr(RequestedTransport::new(17));
+    assert_eq!(h.code(&a3, plain), Some(486));
+    // Claiming it turns the reservation's slot into the allocation: within quota.
+    let claim = a3
+        .req(ALLOCATE)
+        .attr(RequestedTransport::new(17))
+        .attr(ReservationToken::new(token));
+    assert_eq!(h.code(&a3, claim), None);
+    let gauges = h.server.gauges(h.now().instant);
+    assert_eq!((gauges.ports_used, gauges.ports_reserved), ([2, 0], [0, 0]));
+    // The total: two allocations live, bob's R=1 needs two more of three.
+    let b = h.client("8.8.8.2:40000", "bob");
+    assert_eq!(h.code(&b, even_port_allocate(&b)), Some(508));
+    let r = h.call(b.addr, b.req(ALLOCATE).attr(RequestedTransport::new(17)));
+    assert_eq!(r.class(), MessageClass::SuccessResponse, "{r:?}");
+    h.advance(Duration::from_secs(601));
+    assert_eq!(h.server.footprint(), Footprint::default());
+}
+
+#[test]
+fn an_expired_reservation_gives_its_slot_back() {
+    let mut h = Harness::new(Config {
+        max_allocations_per_user: 2,
+        ..config()
+    });
+    let a = h.client("8.8.8.1:40000", "alice");
+    assert_eq!(h.code(&a, even_port_allocate(&a)), None);
+    let delete = a
+        .req(REFRESH)
+        .attr(Lifetime::new(Duration::ZERO).unwrap_or_else(|_| unreachable!()));
+    assert_eq!(h.code(&a, delete), None);
+    assert_eq!(h.server.footprint().reservations, 1);
+    assert_eq!(h.server.footprint().timer_entries, 1);
+    h.advance(Duration::from_secs(29));
+    assert_eq!(h.code(&a, even_port_allocate(&a)), Some(486));
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.server.footprint().reservations, 0);
+    assert_eq!(h.code(&a, even_port_allocate(&a)), None);
 }
