@@ -122,6 +122,11 @@ pub struct Args {
     #[arg(long, env = "RELAY_METRICS_ADDR", value_name = "ADDR:PORT")]
     pub metrics_addr: Option<SocketAddr>,
 
+    /// Judge a REST username's expiry on every request, so that allocations made with it end
+    /// then [default: judged when the allocation is created; it lives on with that username].
+    #[arg(long, env = "RELAY_STRICT_CREDENTIAL_EXPIRY")]
+    pub strict_credential_expiry: bool,
+
     /// For tests only (hidden): allocations last SECS (their default and maximum lifetime),
     /// and permissions, channels and a channel's hold after expiry at most SECS, so that a
     /// soak test can watch abandoned allocations expire in seconds instead of minutes.
@@ -291,6 +296,7 @@ pub fn settings(
         metrics_addr: None,
         host_addresses: interfaces::local_addresses(),
         keep_client_family: args.keep_client_family,
+        strict_credential_expiry: args.strict_credential_expiry,
     };
     Ok(Settings {
         config,

@@ -1,5 +1,6 @@
-//! Long-term credentials with the TURN REST API shared secret (RFC 8489 §9.2).
-//! Nothing is stored for a client until its MESSAGE-INTEGRITY checks out.
+//! Long-term credentials with the TURN REST API shared secret (RFC 8489 §9.2), checked on
+//! the raw bytes before any attribute is decoded. Nothing is stored for a client until its
+//! MESSAGE-INTEGRITY checks out.
 
 use std::net::SocketAddr;
 
@@ -7,9 +8,9 @@ use stun_codec::rfc5389::attributes::{Nonce, Realm, Username};
 
 use super::credentials::{self, NonceCheck};
 use super::errors::Failure;
-use super::ids::Now;
+use super::ids::{ListenerId, Now};
 use super::integrity;
-use super::message::Decoded;
+use super::message;
 use super::server::Server;
 
 /// Who an authenticated request is from, and the key that signs our answer.
@@ -19,43 +20,42 @@ pub struct Credentials {
 }
 
 impl Server {
-    /// Checks a request's credentials in RFC 8489 §9.2.4 order: present (401), complete (400),
-    /// nonce (438), username not expired (401), MESSAGE-INTEGRITY (401).
+    /// RFC 8489 §9.2.4 up to and including MESSAGE-INTEGRITY: present (else 401), USERNAME,
+    /// REALM and NONCE present (400), the username a REST username not expired (401), the
+    /// MESSAGE-INTEGRITY right for it (401). The nonce is judged after this, by the caller
+    /// (`nonce_is_fresh`), so that a wrong password is 401 whatever the nonce.
+    ///
+    /// The expiry is that of the credentials' creation of an allocation: a request on a live
+    /// allocation of this 5-tuple made with the same username is accepted after the username
+    /// expired, unless `strict_credential_expiry` is set.
     pub(super) fn authenticate(
         &self,
         now: Now,
+        listener: ListenerId,
         client: SocketAddr,
         datagram: &[u8],
-        request: &Decoded,
+        integrity_at: Option<usize>,
     ) -> Result<Credentials, Failure> {
         let unauthorized = || Failure::Unauthorized {
             nonce: self.nonce_for(now, client),
         };
-        let Some(integrity_at) = request.integrity else {
+        let Some(integrity_at) = integrity_at else {
             return Err(unauthorized());
         };
-        let message = &request.message;
-        let (Some(username), Some(_realm), Some(nonce)) = (
-            message.get_attribute::<Username>(),
-            message.get_attribute::<Realm>(),
-            message.get_attribute::<Nonce>(),
+        let (Some(username), Some(_realm), Some(_nonce)) = (
+            message::attribute_value(datagram, Username::CODEPOINT),
+            message::attribute_value(datagram, Realm::CODEPOINT),
+            message::attribute_value(datagram, Nonce::CODEPOINT),
         ) else {
             return Err(Failure::BadRequest);
         };
-        let lifetime = self.config.lifetimes.nonce_secs;
-        if self
-            .nonces
-            .check(nonce.value(), now.unix_secs, client, lifetime)
-            != NonceCheck::Valid
-        {
-            return Err(Failure::StaleNonce {
-                nonce: self.nonce_for(now, client),
-            });
-        }
-        let username = username.name();
-        match credentials::username_expiry(username) {
-            Some(expiry) if expiry >= now.unix_secs => {}
-            _ => return Err(unauthorized()),
+        let username = datagram
+            .get(username)
+            .and_then(|bytes| std::str::from_utf8(bytes).ok())
+            .ok_or_else(unauthorized)?;
+        let expiry = credentials::username_expiry(username).ok_or_else(unauthorized)?;
+        if expiry < now.unix_secs && !self.lives_on(now, listener, client, username) {
+            return Err(unauthorized());
         }
         // The key uses our realm: a client that answered with another one fails the MAC.
         for secret in &self.config.auth_secrets {
@@ -69,5 +69,27 @@ impl Server {
             }
         }
         Err(unauthorized())
+    }
+
+    /// Whether `username` made the live allocation of this 5-tuple, so that its expiry no
+    /// longer counts (checked when the allocation was created).
+    fn lives_on(&self, now: Now, listener: ListenerId, client: SocketAddr, username: &str) -> bool {
+        !self.config.strict_credential_expiry
+            && self
+                .by_client
+                .get(&(listener, client))
+                .and_then(|id| self.allocations.get(*id))
+                .is_some_and(|a| now.instant < a.expires_at && a.username == username)
+    }
+
+    /// Whether the request's NONCE is one we issued to this client within its lifetime.
+    pub(super) fn nonce_is_fresh(&self, now: Now, client: SocketAddr, datagram: &[u8]) -> bool {
+        let nonce = message::attribute_value(datagram, Nonce::CODEPOINT)
+            .and_then(|range| datagram.get(range))
+            .and_then(|bytes| std::str::from_utf8(bytes).ok());
+        let lifetime = self.config.lifetimes.nonce_secs;
+        nonce.is_some_and(|nonce| {
+            self.nonces.check(nonce, now.unix_secs, client, lifetime) == NonceCheck::Valid
+        })
     }
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use hmac::{Hmac, KeyInit, Mac};
 use md5::{Digest, Md5};
 use sha1::Sha1;
@@ -46,18 +46,21 @@ pub fn username_expiry(username: &str) -> Option<u64> {
     expiry.parse().ok()
 }
 
-const NONCE_LEN: usize = 32;
+/// Characters of a nonce: base64url of 4 bytes of issue time and 8 of MAC.
+const NONCE_LEN: usize = 16;
 const NONCE_MAC_LEN: usize = 8;
 /// How far in the future an issue time may lie before we assume the clock
 /// stepped back since issuing.
-const MAX_FUTURE_SECS: u64 = 60;
+const MAX_FUTURE_SECS: u32 = 60;
 
-/// Issues and checks stateless nonces: 16 hex digits of the issue time (unix
-/// seconds) followed by 16 hex digits of the first 8 bytes of
-/// HMAC-SHA1(key, issue_time_be_u64 || client ip octets || client port be).
+/// Issues and checks stateless nonces: base64url (no padding) of the issue time
+/// (unix seconds mod 2^32, big-endian) followed by the first 8 bytes of
+/// HMAC-SHA1(key, issue_time_be_u32 || client ip octets || client port be).
 ///
 /// Binding the nonce to the client's transport address stops a nonce seen on
 /// the wire from being replayed from elsewhere, without any per-client state.
+/// 16 characters, so that a 401 (ERROR-CODE, REALM, NONCE) stays within three
+/// times the size of the smallest Allocate that gets it (see `admission`).
 pub struct NonceKey {
     // Keyed once: cloning the HMAC state is cheaper than re-deriving it.
     mac: Hmac<Sha1>,
@@ -83,16 +86,18 @@ impl NonceKey {
     }
 
     pub fn issue(&self, unix_now: u64, client: SocketAddr) -> String {
-        let tag = self.mac(unix_now, client).finalize().into_bytes();
-        let mut head = [0u8; NONCE_MAC_LEN];
-        head.copy_from_slice(&tag[..NONCE_MAC_LEN]);
-        format!("{unix_now:016x}{:016x}", u64::from_be_bytes(head))
+        let issued = truncate_time(unix_now);
+        let tag = self.mac(issued, client).finalize().into_bytes();
+        let mut raw = [0u8; 4 + NONCE_MAC_LEN];
+        raw[..4].copy_from_slice(&issued.to_be_bytes());
+        raw[4..].copy_from_slice(&tag[..NONCE_MAC_LEN]);
+        URL_SAFE_NO_PAD.encode(raw)
     }
 
-    /// Valid if the MAC matches (constant-time) and unix_now - issued <=
-    /// lifetime_secs; Stale if the MAC matches but it is too old, or was issued
+    /// Valid if the MAC matches (constant-time) and the nonce is at most
+    /// lifetime_secs old; Stale if the MAC matches but it is too old, or was issued
     /// more than 60 s in the future (clock step); Invalid if not our format or
-    /// the MAC does not match.
+    /// the MAC does not match. Ages are reckoned modulo 2^32 seconds (136 years).
     pub fn check(
         &self,
         nonce: &str,
@@ -110,15 +115,15 @@ impl NonceKey {
         {
             return NonceCheck::Invalid;
         }
-        if issued > unix_now.saturating_add(MAX_FUTURE_SECS)
-            || unix_now.saturating_sub(issued) > lifetime_secs
-        {
-            return NonceCheck::Stale;
+        let age = truncate_time(unix_now).wrapping_sub(issued);
+        let ahead = issued.wrapping_sub(truncate_time(unix_now));
+        if ahead <= MAX_FUTURE_SECS || u64::from(age) <= lifetime_secs {
+            return NonceCheck::Valid;
         }
-        NonceCheck::Valid
+        NonceCheck::Stale
     }
 
-    fn mac(&self, issued: u64, client: SocketAddr) -> Hmac<Sha1> {
+    fn mac(&self, issued: u32, client: SocketAddr) -> Hmac<Sha1> {
         let mut mac = self.mac.clone();
         mac.update(&issued.to_be_bytes());
         match client {
@@ -130,31 +135,24 @@ impl NonceKey {
     }
 }
 
-/// Splits a nonce into its issue time and MAC; None unless it is exactly 32
-/// lowercase hex digits, the only form `issue` produces.
-fn parse_nonce(nonce: &str) -> Option<(u64, [u8; NONCE_MAC_LEN])> {
-    let bytes = nonce.as_bytes();
-    if bytes.len() != NONCE_LEN {
+fn truncate_time(unix_secs: u64) -> u32 {
+    (unix_secs & u64::from(u32::MAX)) as u32
+}
+
+/// Splits a nonce into its issue time and MAC; None unless it is exactly 16
+/// base64url characters, the only form `issue` produces.
+fn parse_nonce(nonce: &str) -> Option<(u32, [u8; NONCE_MAC_LEN])> {
+    if nonce.len() != NONCE_LEN {
         return None;
     }
-    let (time_hex, mac_hex) = bytes.split_at(16);
-    let issued = parse_hex_u64(time_hex)?;
-    let tag = parse_hex_u64(mac_hex)?.to_be_bytes();
-    Some((issued, tag))
-}
-
-fn parse_hex_u64(digits: &[u8]) -> Option<u64> {
-    digits
-        .iter()
-        .try_fold(0u64, |acc, &c| Some((acc << 4) | u64::from(hex_digit(c)?)))
-}
-
-fn hex_digit(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
+    let mut raw = [0u8; 4 + NONCE_MAC_LEN];
+    let written = URL_SAFE_NO_PAD.decode_slice(nonce, &mut raw).ok()?;
+    if written != raw.len() {
+        return None;
     }
+    let (time, mac) = raw.split_at(4);
+    let issued = u32::from_be_bytes(time.try_into().ok()?);
+    Some((issued, mac.try_into().ok()?))
 }
 
 #[cfg(test)]
@@ -235,17 +233,12 @@ mod tests {
 
     #[test]
     fn nonce_known_answer() {
-        // python3: '%016x' % t + hmac.new(bytes(range(32)), struct.pack('>Q', t)
-        //   + ip.packed + struct.pack('>H', port), hashlib.sha1).digest()[:8].hex()
+        // python3: t = 1700000000; base64.urlsafe_b64encode(struct.pack('>I', t)
+        //   + hmac.new(bytes(range(32)), struct.pack('>I', t) + ip.packed
+        //   + struct.pack('>H', port), hashlib.sha1).digest()[:8])
         let key = NonceKey::new(KEY);
-        assert_eq!(
-            key.issue(1_700_000_000, v4()),
-            "000000006553f100388b6d1a83d9d771"
-        );
-        assert_eq!(
-            key.issue(1_700_000_000, v6()),
-            "000000006553f1001831e3b9948bebdd"
-        );
+        assert_eq!(key.issue(1_700_000_000, v4()), "ZVPxANnjCQ3ig2Oq");
+        assert_eq!(key.issue(1_700_000_000, v6()), "ZVPxAK59CRIL4_wH");
     }
 
     #[test]
@@ -254,7 +247,7 @@ mod tests {
         let t = 1_700_000_000;
         for client in [v4(), v6()] {
             let nonce = key.issue(t, client);
-            assert_eq!(nonce.len(), 32);
+            assert_eq!(nonce.len(), 16);
             assert_eq!(key.check(&nonce, t, client, 600), NonceCheck::Valid);
             assert_eq!(key.check(&nonce, t + 600, client, 600), NonceCheck::Valid);
             assert_eq!(key.check(&nonce, t + 601, client, 600), NonceCheck::Stale);
@@ -262,16 +255,18 @@ mod tests {
             assert_eq!(key.check(&nonce, t - 60, client, 600), NonceCheck::Valid);
             assert_eq!(key.check(&nonce, t - 61, client, 600), NonceCheck::Stale);
         }
-        // Extremes of the clock must not overflow.
+        // Ages are taken modulo 2^32 s: issue times across the wrap still work, and
+        // extremes of the clock do not overflow.
+        let wrap = u64::from(u32::MAX);
+        let nonce = key.issue(wrap, v4());
+        assert_eq!(key.check(&nonce, wrap + 600, v4(), 600), NonceCheck::Valid);
+        assert_eq!(key.check(&nonce, wrap + 601, v4(), 600), NonceCheck::Stale);
         let nonce = key.issue(u64::MAX, v4());
         assert_eq!(key.check(&nonce, u64::MAX, v4(), 0), NonceCheck::Valid);
-        assert_eq!(key.check(&nonce, 0, v4(), u64::MAX), NonceCheck::Stale);
+        assert_eq!(key.check(&nonce, u64::MAX - 61, v4(), 0), NonceCheck::Stale);
         let nonce = key.issue(0, v4());
-        assert_eq!(
-            key.check(&nonce, u64::MAX, v4(), u64::MAX),
-            NonceCheck::Valid
-        );
-        assert_eq!(key.check(&nonce, u64::MAX, v4(), 10), NonceCheck::Stale);
+        assert_eq!(key.check(&nonce, 0, v4(), 0), NonceCheck::Valid);
+        assert_eq!(key.check(&nonce, 1000, v4(), 10), NonceCheck::Stale);
     }
 
     #[test]
@@ -296,10 +291,10 @@ mod tests {
         let key = NonceKey::new(KEY);
         let t = 1_700_000_000;
         let nonce = key.issue(t, v4());
-        // Changing any digit, in the time or in the MAC, invalidates it.
+        // Changing any character, in the time or in the MAC, invalidates it.
         for i in 0..nonce.len() {
             let mut bytes = nonce.clone().into_bytes();
-            bytes[i] = if bytes[i] == b'0' { b'1' } else { b'0' };
+            bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
             let tampered = String::from_utf8(bytes).unwrap();
             assert_eq!(
                 key.check(&tampered, t, v4(), u64::MAX),
@@ -320,13 +315,14 @@ mod tests {
         let nonce = key.issue(t, v4());
         let cases = [
             String::new(),
-            nonce[..31].to_string(),
-            format!("{nonce}0"),
-            "é".repeat(16), // 32 bytes, none of them hex
-            "é".repeat(32),
-            format!("{}é", &nonce[..30]),
-            "g".repeat(32),
-            " ".repeat(32),
+            nonce[..15].to_string(),
+            format!("{nonce}A"),
+            "é".repeat(8), // 16 bytes, none of them base64
+            "é".repeat(16),
+            format!("{}é", &nonce[..14]),
+            "+".repeat(16), // the standard alphabet's characters are not ours
+            " ".repeat(16),
+            "=".repeat(16),
         ];
         for case in cases {
             assert_eq!(

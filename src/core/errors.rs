@@ -48,7 +48,9 @@ impl Failure {
     fn reason(&self) -> &'static str {
         match self {
             Failure::BadRequest => "Bad Request",
-            Failure::Unauthorized { .. } => "Unauthorized",
+            // Empty: the 401 is the first answer every client gets, unauthenticated, and must
+            // stay within 3x the smallest Allocate (see `admission`); the code says it all.
+            Failure::Unauthorized { .. } => "",
             Failure::Forbidden => "Forbidden",
             Failure::UnknownAttributes(_) => "Unknown Attribute",
             Failure::AllocationMismatch => "Allocation Mismatch",

@@ -1,6 +1,7 @@
 //! The sans-IO core: pure state machines, datagrams and time in, decisions out.
 //! It never reads a clock, the OS random source or a socket.
 
+mod admission;
 mod allocation;
 mod allocation_table;
 mod auth;
@@ -18,7 +19,6 @@ pub mod message;
 pub mod own_sockets;
 mod policy;
 mod ports;
-mod rate_limit;
 mod requests;
 mod rng;
 mod server;

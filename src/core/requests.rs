@@ -21,6 +21,7 @@ use super::allocation::{Allocation, BindRefusal, MAX_PERMISSIONS, RelaySocket};
 use super::auth::Credentials;
 use super::errors::Failure;
 use super::ids::{AllocationId, Family, ListenerId, Now};
+use super::integrity::IntegrityLayout;
 use super::message::{self, Attribute, DecodeError, Decoded, Header};
 use super::policy::PeerUse;
 use super::ports::PortNeed;
@@ -68,11 +69,11 @@ impl Server {
             header,
             fingerprint: false,
         };
-        let decoded = match message::decode(datagram, header) {
-            Ok(decoded) => decoded,
+        let layout = match message::layout(datagram) {
+            Ok(layout) => layout,
             Err(DecodeError::BadAttributes { fingerprint }) if !is_send => {
                 requester.fingerprint = fingerprint;
-                self.reply_unauthenticated(now, &requester, Failure::BadRequest);
+                self.reply_unauthenticated(&requester, datagram.len(), Failure::BadRequest);
                 return None;
             }
             Err(_) => {
@@ -80,56 +81,117 @@ impl Server {
                 return None;
             }
         };
-        requester.fingerprint = decoded.fingerprint;
-        if is_send {
-            return self.send_indication(now, &requester, datagram, &decoded);
+        requester.fingerprint = layout.fingerprint.is_some();
+        let method = message::method(header.method);
+        if is_send || ![ALLOCATE, REFRESH, CHANNEL_BIND, CREATE_PERMISSION].contains(&method) {
+            return self.unauthenticated(now, &requester, datagram, layout, is_send);
         }
-        // RFC 8489 §6.3.1: unknown comprehension-required attributes are looked for after
-        // the authentication checks, so Binding (never authenticated) gets its 420 here and
-        // the TURN methods a signed one once their credentials are known.
-        let unknown = message::unknown_required(&decoded.message);
-        let method = decoded.message.method();
-        if method == BINDING {
-            if unknown.is_empty() {
-                self.binding(&requester);
-            } else {
-                self.reply_unauthenticated(now, &requester, Failure::UnknownAttributes(unknown));
-            }
-            return None;
-        }
-        if ![ALLOCATE, REFRESH, CHANNEL_BIND, CREATE_PERMISSION].contains(&method) {
-            self.reply_unauthenticated(now, &requester, Failure::BadRequest);
-            return None;
-        }
-        let credentials = match self.authenticate(now, client, datagram, &decoded) {
-            Ok(credentials) => credentials,
-            Err(failure) => {
-                self.reply_unauthenticated(now, &requester, failure);
-                return None;
-            }
-        };
-        let result = if !unknown.is_empty() {
-            Err(Failure::UnknownAttributes(unknown))
-        } else if method == ALLOCATE {
-            self.allocate(now, &requester, &decoded, &credentials)
-        } else {
-            self.on_allocation(now, &requester, &decoded, &credentials)
-        };
-        match result {
+        // RFC 8489 §9.2.4: the credentials and MESSAGE-INTEGRITY are checked on the raw
+        // bytes first, so that every later answer (400 for attributes that do not decode,
+        // 420, 438) is known to go to the holder of the key, signed and never limited.
+        let credentials =
+            match self.authenticate(now, listener, client, datagram, layout.message_integrity) {
+                Ok(credentials) => credentials,
+                Err(failure) => {
+                    self.reply_unauthenticated(&requester, datagram.len(), failure);
+                    return None;
+                }
+            };
+        match self.authenticated(now, &requester, datagram, layout, &credentials) {
             Ok(Some(attributes)) => {
                 self.reply_success(&requester, attributes, Some(&credentials.key))
             }
             Ok(None) => {} // answered later (Allocate waits for its relay socket)
+            // RFC 8489 §9.2.4: a 438 SHOULD NOT carry MESSAGE-INTEGRITY.
+            Err(failure @ Failure::StaleNonce { .. }) => {
+                self.reply_error(&requester, failure, None)
+            }
             Err(failure) => self.reply_error(&requester, failure, Some(&credentials.key)),
         }
         None
     }
 
-    fn binding(&mut self, requester: &Requester) {
-        let attributes = vec![Attribute::XorMappedAddress(XorMappedAddress::new(
+    /// Send indications, Binding and unknown methods: never authenticated.
+    fn unauthenticated(
+        &mut self,
+        now: Now,
+        requester: &Requester,
+        datagram: &[u8],
+        layout: IntegrityLayout,
+        is_send: bool,
+    ) -> Option<Forward> {
+        let decoded = match message::decode_attributes(datagram, requester.header, layout) {
+            Ok(decoded) => decoded,
+            Err(DecodeError::BadAttributes { .. }) if !is_send => {
+                self.reply_unauthenticated(requester, datagram.len(), Failure::BadRequest);
+                return None;
+            }
+            Err(_) => {
+                self.counters.malformed += 1;
+                return None;
+            }
+        };
+        if is_send {
+            return self.send_indication(now, requester, datagram, &decoded);
+        }
+        if decoded.message.method() != BINDING {
+            self.reply_unauthenticated(requester, datagram.len(), Failure::BadRequest);
+            return None;
+        }
+        let unknown = message::unknown_required(&decoded.message);
+        if unknown.is_empty() {
+            self.binding(requester, datagram.len());
+        } else {
+            let failure = Failure::UnknownAttributes(unknown);
+            self.reply_unauthenticated(requester, datagram.len(), failure);
+        }
+        None
+    }
+
+    /// A TURN request whose MESSAGE-INTEGRITY verified: its attributes (400), its nonce
+    /// (438), unknown comprehension-required attributes (420, RFC 8489 §6.3.1), the method.
+    fn authenticated(
+        &mut self,
+        now: Now,
+        requester: &Requester,
+        datagram: &[u8],
+        layout: IntegrityLayout,
+        credentials: &Credentials,
+    ) -> Result<Option<Vec<Attribute>>, Failure> {
+        let decoded = message::decode_attributes(datagram, requester.header, layout)
+            .map_err(|_| Failure::BadRequest)?;
+        let message = &decoded.message;
+        // A closing Refresh is honoured with a stale nonce: Chrome and Firefox do not retry
+        // it after a 438, and the allocation would hold its port and quota until it expired.
+        // Its MESSAGE-INTEGRITY proves the key; a replay can only delete what it deleted.
+        let closing = message.method() == REFRESH
+            && message
+                .get_attribute::<Lifetime>()
+                .is_some_and(|l| l.lifetime().is_zero());
+        if !closing && !self.nonce_is_fresh(now, requester.client, datagram) {
+            return Err(Failure::StaleNonce {
+                nonce: self.nonce_for(now, requester.client),
+            });
+        }
+        let unknown = message::unknown_required(message);
+        if !unknown.is_empty() {
+            return Err(Failure::UnknownAttributes(unknown));
+        }
+        if message.method() == ALLOCATE {
+            self.allocate(now, requester, &decoded, credentials)
+        } else {
+            self.on_allocation(now, requester, &decoded, credentials)
+        }
+    }
+
+    /// A Binding success is an unauthenticated answer too (20 bytes in, 32 or 44 out).
+    fn binding(&mut self, requester: &Requester, request_len: usize) {
+        let mut response = message::new_message(MessageClass::SuccessResponse, &requester.header);
+        response.add_attribute(Attribute::XorMappedAddress(XorMappedAddress::new(
             requester.client,
-        ))];
-        self.reply_success(requester, attributes, None);
+        )));
+        let bytes = message::encode(response, None, requester.fingerprint);
+        self.send_unauthenticated(requester, request_len, 200, bytes);
     }
 
     /// Requests that act on an existing allocation: Refresh, ChannelBind, CreatePermission.
@@ -744,21 +806,43 @@ impl Server {
         self.reply(requester.listener, requester.client, bytes);
     }
 
-    /// An error answer to a request that is not authenticated (yet), limited per source IP:
-    /// these are what a spoofed source could reflect at a victim.
-    fn reply_unauthenticated(&mut self, now: Now, requester: &Requester, failure: Failure) {
+    /// An error answer to a request that is not authenticated (yet).
+    fn reply_unauthenticated(
+        &mut self,
+        requester: &Requester,
+        request_len: usize,
+        failure: Failure,
+    ) {
+        let code = failure.code();
+        let bytes = self.error_response(requester, failure, None);
+        self.send_unauthenticated(requester, request_len, code, bytes);
+    }
+
+    /// Sends an answer to an unauthenticated request if its source's byte credit covers it
+    /// (`admission`): these are what a spoofed source could reflect at a victim.
+    fn send_unauthenticated(
+        &mut self,
+        requester: &Requester,
+        request_len: usize,
+        code: u16,
+        bytes: Vec<u8>,
+    ) {
+        if !Self::is_request(&requester.header) {
+            return;
+        }
         if self
             .unauthenticated_answers
-            .allow(requester.client.ip(), now.instant)
+            .admit(requester.client.ip(), request_len, bytes.len())
         {
-            self.reply_error(requester, failure, None);
+            self.counters.count_response(requester.header.method, code);
+            self.reply(requester.listener, requester.client, bytes);
         } else {
             self.counters.rate_limited += 1;
         }
     }
 
-    /// The one place an error response is built. `key` signs it when the request was
-    /// authenticated; 401 and 438 never are.
+    /// The one place an error response is built and sent. `key` signs it when the request
+    /// was authenticated; 401 and 438 never are.
     pub(super) fn reply_error(
         &mut self,
         requester: &Requester,
@@ -768,15 +852,23 @@ impl Server {
         if !Self::is_request(&requester.header) {
             return;
         }
-
-        let mut response = message::new_message(MessageClass::ErrorResponse, &requester.header);
         self.counters
             .count_response(requester.header.method, failure.code());
+        let bytes = self.error_response(requester, failure, key);
+        self.reply(requester.listener, requester.client, bytes);
+    }
+
+    fn error_response(
+        &self,
+        requester: &Requester,
+        failure: Failure,
+        key: Option<&[u8; 16]>,
+    ) -> Vec<u8> {
+        let mut response = message::new_message(MessageClass::ErrorResponse, &requester.header);
         for attribute in failure.attributes(&self.config.realm) {
             response.add_attribute(attribute);
         }
-        let bytes = message::encode(response, key.map(|k| &k[..]), requester.fingerprint);
-        self.reply(requester.listener, requester.client, bytes);
+        message::encode(response, key.map(|k| &k[..]), requester.fingerprint)
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use stun_codec::MessageClass;
 
+use super::admission::Admission;
 use super::allocation::{Allocation, RelaySocket};
 use super::allocation_table::AllocationTable;
 use super::config::Config;
@@ -20,7 +21,6 @@ use super::ids::{AllocationId, Family, ListenerId, Now, RelayId};
 use super::message::{self, Framing, Header};
 use super::policy::PeerPolicy;
 use super::ports::PortPool;
-use super::rate_limit::RateLimit;
 use super::rng::Rng;
 use super::timer::{Due, TimerHandle, Timers};
 
@@ -101,7 +101,7 @@ pub struct Server {
     pub(super) counters: Counters,
     /// Live allocations and reservations per user, for `max_allocations_per_user`.
     pub(super) user_allocations: HashMap<String, usize, SeededState>,
-    pub(super) unauthenticated_answers: RateLimit,
+    pub(super) unauthenticated_answers: Admission,
     /// Ports held for a later Allocate with RESERVATION-TOKEN, by token.
     pub(super) reservations: HashMap<u64, Reservation, SeededState>,
     /// Ports of relay sockets still being opened for an allocation that is gone. They stay
@@ -133,7 +133,7 @@ impl Server {
             reservations: HashMap::with_hasher(SeededState::new(hash_key)),
             orphaned_opens: HashMap::with_hasher(SeededState::new(hash_key)),
             user_allocations: HashMap::with_hasher(SeededState::new(hash_key)),
-            unauthenticated_answers: RateLimit::new(SeededState::new(hash_key)),
+            unauthenticated_answers: Admission::new(SeededState::new(hash_key)),
             ports,
             timers: Timers::default(),
             nonces,
