@@ -1128,10 +1128,8 @@ mod over_udp {
         // Warm-up, so that buffers allocated once are in the baseline.
         flood(relay.addr, 0, 4, 10);
         let rss_before = common::rss_kib(pid);
-        // 200 sources x 100 requests: far beyond the 20-answer burst of each source.
-        let started = std::time::Instant::now();
+        // 200 sources x 100 requests, half of them with made-up credentials.
         let answers = flood(relay.addr, 1, 200, 100);
-        let elapsed = started.elapsed().as_secs() + 1;
         let rss_after = common::rss_kib(pid);
         let body = common::scrape(metrics);
         let allocations = common::metric(&body, "relay_allocations{family=\"ipv4\"}");
@@ -1151,7 +1149,6 @@ mod over_udp {
         assert_eq!((allocations, created), (0, 0));
         // Every answer fits in 3x its request (the byte bound is measured in the core
         // tests); everything else is dropped and counted.
-        let _ = elapsed;
         assert!(answers > 0, "no answers at all");
         assert_eq!(
             challenged + limited,
