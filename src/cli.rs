@@ -122,8 +122,9 @@ pub struct Args {
     #[arg(long, env = "RELAY_METRICS_ADDR", value_name = "ADDR:PORT")]
     pub metrics_addr: Option<SocketAddr>,
 
-    /// Judge a REST username's expiry on every request, so that allocations made with it end
-    /// then [default: judged when the allocation is created; it lives on with that username].
+    /// Judge a REST username's expiry on every request: after it, requests get 401 and its
+    /// allocations end when their last granted lifetime runs out [default: judged when the
+    /// allocation is created; it lives on with that username].
     #[arg(long, env = "RELAY_STRICT_CREDENTIAL_EXPIRY")]
     pub strict_credential_expiry: bool,
 

@@ -141,7 +141,7 @@ fn a_call_goes_on_after_its_credentials_expire() {
 }
 
 #[test]
-fn strict_credential_expiry_ends_the_call_at_the_expiry() {
+fn strict_credential_expiry_refuses_requests_after_the_expiry() {
     let relay = relay(&["--strict-credential-expiry"]);
     let peer = peer_socket();
     let (mut client, relayed) = call_with_short_credentials(&relay, peer.local_addr().unwrap());

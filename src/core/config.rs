@@ -45,8 +45,8 @@ pub struct Config {
     /// An Allocate without REQUESTED-ADDRESS-FAMILY gets the client's own family instead of
     /// IPv4 (RFC 8656 §7.2's default), when the relay has a relayed address of it.
     pub keep_client_family: bool,
-    /// Judge a REST username's expiry on every request, ending the allocations made with it
-    /// at that time; by default it is judged when the allocation is created.
+    /// Judge a REST username's expiry on every request, so that the allocations made with it
+    /// cannot be refreshed past it; by default it is judged when the allocation is created.
     pub strict_credential_expiry: bool,
 }
 
