@@ -1,6 +1,8 @@
 //! The sans-IO core: pure state machines, datagrams and time in, decisions out.
 //! It never reads a clock, the OS random source or a socket.
 
+#![forbid(unsafe_code)]
+
 mod admission;
 mod allocation;
 mod allocation_table;
