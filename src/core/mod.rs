@@ -73,3 +73,5 @@ pub use invariants::Footprint;
 pub use own_sockets::OwnSockets;
 pub use policy::{PeerPolicy, PeerUse};
 pub use server::{Deliver, Forward, HEADROOM, OpenError, Output, Server, TAILROOM};
+#[doc(hidden)] // for the timer-wheel bench (contrib/bench/src/bin/timer_wheel.rs) only
+pub use timer::{Due, TimerHandle, Timers};
