@@ -99,7 +99,7 @@ pub struct Args {
     )]
     pub deny_peer: Vec<Cidr>,
 
-    /// Live allocations one user (the <id> of <expiry>:<id>) may hold; more get 486.
+    /// Live allocations one user (the `<id>` of `<expiry>:<id>`) may hold; more get 486.
     #[arg(
         long,
         env = "RELAY_MAX_ALLOCATIONS_PER_USER",

@@ -1,11 +1,17 @@
+//! The `relay` binary: flags, logging, the OS random seed, then the driver's loop.
+
+#![forbid(unsafe_code)]
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use log::{error, info, warn};
 
 use relay::cli::{self, Args};
 use relay::core::credentials;
+use relay::driver::clock::unix_now;
 use relay::driver::{self, Driver};
 
 /// How long the credentials logged for a generated secret stay valid.
@@ -78,6 +84,8 @@ fn main() -> ExitCode {
     }
 }
 
+/// The core's RNG seed and a generated secret: the one place the OS random source is read.
+#[allow(clippy::disallowed_methods)]
 fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
     if let Err(e) = getrandom::fill(&mut bytes) {
@@ -90,10 +98,4 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

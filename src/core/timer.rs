@@ -169,6 +169,10 @@ impl Timers {
         self.entries.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     fn take(&mut self, index: u32) -> Due {
         self.unlink(index);
         self.entries.remove(index as usize).due

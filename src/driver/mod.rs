@@ -1,13 +1,20 @@
 //! The single mio loop: owns every socket, feeds the core, executes its outputs and sleeps
 //! until its next deadline. It makes no protocol decision (DESIGN.md).
 
+// The modules that call libc are the only ones allowed unsafe code (src/lib.rs denies it).
+#[allow(unsafe_code)] // recvmmsg, sendmmsg, sendmsg with UDP GSO
 mod batch;
 pub mod clock;
 mod http;
+#[allow(unsafe_code)] // getifaddrs
 pub mod interfaces;
+#[allow(unsafe_code)] // setrlimit
 pub mod limits;
+#[allow(unsafe_code)] // sysconf, getrlimit (process gauges)
 mod metrics;
+#[allow(unsafe_code)] // signalfd
 mod signals;
+#[allow(unsafe_code)] // setsockopt
 mod sockets;
 
 use std::io::{self, ErrorKind};
