@@ -2,8 +2,12 @@
 //! seeds. Every test asserts the complete list of outputs after each input, and the harness
 //! fails on leftovers (DESIGN convention 8).
 
+#[path = "scenarios/known_answers.rs"]
+mod known_answers;
 #[path = "support/stun_client.rs"]
 mod stun_client;
+#[path = "support/stun_encoder.rs"]
+mod stun_encoder;
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -11,7 +15,6 @@ use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
 use bytecodec::DecodeExt;
-use relay::core::message::Attribute;
 use relay::core::{
     AllocationId, Config, Deliver, Family, Forward, HEADROOM, Lifetimes, ListenerId, Now,
     OpenError, Output, RelayAddress, RelayId, Server, TAILROOM,
@@ -30,6 +33,7 @@ use stun_codec::rfc8656::attributes::{
     AdditionalAddressFamily, AddressFamily, RequestedAddressFamily,
 };
 use stun_codec::{MessageClass, MessageDecoder, Method};
+use stun_encoder::codec::Attribute;
 
 // ---------------------------------------------------------------------------------------
 // Fixture
@@ -681,9 +685,9 @@ fn expired_rest_username_is_unauthorized() {
     h.allocate(&c);
     let mut d = h.client("198.51.100.2:40000", "x");
     let username = "alice".to_owned();
-    let password = relay::core::credentials::rest_api_password(SECRET, &username);
+    let password = stun_encoder::rest_password(SECRET, &username);
     d.creds = Creds {
-        key: relay::core::credentials::long_term_key(&username, REALM, &password),
+        key: stun_encoder::long_term_key(&username, REALM, &password),
         username,
         password,
         realm: REALM.to_owned(),
@@ -2124,13 +2128,14 @@ fn random_datagrams_never_panic_or_create_state() {
                     let value = rng.bytes(len);
                     stun_client::append_raw(&mut d, kind, &value);
                 }
+                let mut d = stun_encoder::Encoder::resume(d);
                 if rng.below(3) == 0 {
-                    relay::core::integrity::append_message_integrity(&mut d, &[9; 16]);
+                    d.integrity(&[9; 16]);
                 }
                 if rng.below(2) == 0 {
-                    relay::core::integrity::append_fingerprint(&mut d);
+                    d.fingerprint();
                 }
-                d
+                d.bytes()
             }
         };
         let forward = h.send_bytes(from, &datagram);

@@ -8,6 +8,8 @@
 mod common;
 #[path = "support/stun_client.rs"]
 mod stun_client;
+#[path = "support/stun_encoder.rs"]
+mod stun_encoder;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -827,7 +829,7 @@ fn relay_families_and_policy_for_the_test_config() {
 mod over_udp {
     use std::net::{SocketAddr, UdpSocket};
 
-    use relay::core::message::Attribute;
+    use crate::stun_encoder::codec::Attribute;
     use stun_codec::MessageClass;
     use stun_codec::rfc5766::attributes::{
         ChannelNumber, RequestedTransport, XorPeerAddress, XorRelayAddress,
@@ -1092,8 +1094,11 @@ mod over_udp {
                 } else {
                     None
                 };
-                let bytes =
-                    relay::core::message::encode(request, key.as_ref().map(|k| &k[..]), false);
+                let bytes = crate::stun_encoder::encode_message(
+                    &request,
+                    key.as_ref().map(|k| &k[..]),
+                    false,
+                );
                 let _ = socket.send_to(&bytes, relay);
                 while socket.recv_from(&mut buf).is_ok() {
                     answers += 1;
@@ -1202,7 +1207,7 @@ mod loops_over_udp {
     use std::net::{SocketAddr, UdpSocket};
     use std::time::{Duration, Instant};
 
-    use relay::core::message::Attribute;
+    use crate::stun_encoder::codec::Attribute;
     use stun_codec::rfc5389::methods::BINDING;
     use stun_codec::rfc5766::attributes::{
         ChannelNumber, Data, RequestedTransport, XorPeerAddress, XorRelayAddress,

@@ -9,11 +9,13 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytecodec::DecodeExt;
-use relay::core::credentials::{long_term_key, rest_api_password};
-use relay::core::integrity;
-use relay::core::message::{self, Attribute};
-use stun_codec::rfc5389::attributes::{ErrorCode, Nonce, Realm, Username};
+use stun_codec::rfc5389::attributes::{ErrorCode, Nonce, Realm};
 use stun_codec::{Message, MessageClass, MessageDecoder, Method, TransactionId};
+
+// Requests are written by the tests' own encoder (pinned to RFC 5769), never the core's;
+// each test crate declares it at its root.
+use crate::stun_encoder::codec::Attribute;
+use crate::stun_encoder::{self as enc, Encoder, long_term_key, rest_password};
 
 pub const SECRET: &str = "integration-secret";
 pub const REALM: &str = "test.realm";
@@ -200,7 +202,7 @@ pub fn free_port_range_args(len: u16) -> (String, String) {
 pub fn credentials(user: &str) -> (String, String) {
     let expiry = unix_now() + 3600;
     let username = format!("{expiry}:{user}");
-    let password = rest_api_password(SECRET.as_bytes(), &username);
+    let password = rest_password(SECRET.as_bytes(), &username);
     (username, password)
 }
 
@@ -292,20 +294,19 @@ impl Client {
         attributes: Vec<Attribute>,
         id: TransactionId,
     ) -> Vec<u8> {
-        let mut request = Message::new(MessageClass::Request, method, id);
+        let mut request = Encoder::new(enc::Class::Request, method.as_u16(), *id.as_bytes());
         for attribute in attributes {
-            request.add_attribute(attribute);
+            request.attr(&attribute.into());
         }
-        match &self.nonce {
-            Some(nonce) => {
-                request.add_attribute(Username::new(self.username.clone()).expect("username"));
-                request.add_attribute(Realm::new(self.realm.clone()).expect("realm"));
-                request.add_attribute(Nonce::new(nonce.clone()).expect("nonce"));
-                let key = long_term_key(&self.username, &self.realm, &self.password);
-                message::encode(request, Some(&key), true)
-            }
-            None => message::encode(request, None, true),
+        if let Some(nonce) = &self.nonce {
+            request.tlv(enc::kind::USERNAME, self.username.as_bytes());
+            request.tlv(enc::kind::REALM, self.realm.as_bytes());
+            request.tlv(enc::kind::NONCE, nonce.as_bytes());
+            let key = long_term_key(&self.username, &self.realm, &self.password);
+            request.integrity(&key);
         }
+        request.fingerprint();
+        request.bytes()
     }
 
     /// Sends raw bytes and waits (bounded, with retransmissions) for the response to `id`.
@@ -358,15 +359,10 @@ impl Client {
             || response.error_code().is_some_and(|c| c != 401 && c != 438)
         {
             let key = long_term_key(&self.username, &self.realm, &self.password);
-            let layout = integrity::locate(&response.bytes).expect("layout");
-            let at = layout
-                .message_integrity
-                .expect("response to an authenticated request is signed");
-            assert!(integrity::verify_message_integrity(
-                &response.bytes,
-                at,
-                &key
-            ));
+            assert!(
+                enc::integrity_valid(&response.bytes, &key),
+                "response to an authenticated request is signed under the client's key"
+            );
         }
         response
     }
