@@ -26,9 +26,10 @@ pub use stun_codec::rfc8656::attributes::{
 };
 pub use stun_codec::{MessageClass, MessageDecoder, Method};
 
-pub use crate::fake_driver::{FakeDriver, OpenAnswer, UNIX0};
+pub use crate::fake_driver::{FakeDriver, OpenAnswer, Seen, UNIX0, seen};
 pub use crate::stun_client::{self, Creds, Req, Response, types as t};
 pub use crate::stun_encoder::{self, codec::Attribute};
+pub use Family::{V4, V6};
 
 // ---------------------------------------------------------------------------------------
 // Fixture
@@ -212,11 +213,19 @@ impl Harness {
         assert!(outputs.is_empty(), "expected no output, got {outputs:?}");
     }
 
-    /// Exactly one output: a response to `to`.
-    pub fn expect_response(&mut self, to: SocketAddr) -> Response {
+    /// Exactly one output: an answer to `to` of `method`, whatever its class.
+    pub fn expect_response(&mut self, to: SocketAddr, method: Method) -> Response {
         let outputs = self.drain();
-        assert_eq!(outputs.len(), 1, "expected one response, got {outputs:?}");
-        to_client(&outputs[0], to)
+        let response = match seen(&outputs).as_slice() {
+            [Seen::Answer { .. }] => to_client(&outputs[0], to),
+            _ => panic!("expected one answer, got {outputs:?}"),
+        };
+        let expected = match response.error_code() {
+            Some(code) => Seen::error(to, method, code),
+            None => Seen::success(to, method),
+        };
+        assert_eq!(seen(&outputs), [expected]);
+        response
     }
 
     /// Sends a request and expects exactly one response of the same method and transaction.
@@ -224,9 +233,8 @@ impl Harness {
         let method = req.method;
         let (bytes, forward) = self.send(from, req);
         assert_eq!(forward, None, "a request is not forwarded");
-        let response = self.expect_response(from);
+        let response = self.expect_response(from, method);
         assert_eq!(response.transaction_id(), bytes[8..20], "transaction id");
-        assert_eq!(response.message.method(), method, "method");
         response
     }
 
@@ -264,21 +272,25 @@ impl Harness {
         )
     }
 
-    /// Sends an Allocate and expects exactly [OpenRelay (IPv4, in range), success].
+    /// Sends an Allocate and expects exactly [OpenRelay (IPv4, in range, DF if asked),
+    /// success].
     pub fn allocate_with(&mut self, client: &Client, req: Req) -> Allocated {
+        let dont_fragment = req
+            .attributes
+            .iter()
+            .any(|a| a.kind == stun_encoder::kind::DONT_FRAGMENT);
         let (bytes, forward) = self.send(client.addr, req);
         assert_eq!(forward, None);
         let outputs = self.drain();
-        assert_eq!(
-            outputs.len(),
-            2,
-            "expected OpenRelay + success: {outputs:?}"
-        );
+        let open = Seen::Open {
+            family: V4,
+            dont_fragment,
+        };
+        assert_eq!(seen(&outputs), [open, Seen::success(client.addr, ALLOCATE)]);
         let Output::OpenRelay {
             allocation,
-            family: Family::V4,
             addr: bind,
-            dont_fragment: _,
+            ..
         } = outputs[0]
         else {
             panic!("expected an IPv4 OpenRelay, got {:?}", outputs[0]);

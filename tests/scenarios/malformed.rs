@@ -109,7 +109,7 @@ fn error_response_to_a_method_above_0x00f_keeps_the_method() {
     for method in [0x010u16, 0x0FF, 0x800] {
         let request = stun_header(message_type(method, 0), 0, &[0x11; 12]);
         assert_eq!(h.send_bytes(c, &request), None);
-        let r = h.expect_response(c);
+        let r = h.expect_response(c, Method::new(method).unwrap());
         assert_eq!(r.error_code(), Some(400));
         let got = u16::from_be_bytes([r.bytes[0], r.bytes[1]]);
         assert_eq!(got, message_type(method, 0x0110), "method {method:#05x}");

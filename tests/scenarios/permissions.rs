@@ -219,7 +219,7 @@ fn create_permission_past_64_peers_is_508_before_any_peer_is_judged() {
         bytes.len()
     );
     assert_eq!(forward, None);
-    let r = h.expect_response(c.addr);
+    let r = h.expect_response(c.addr, CREATE_PERMISSION);
     assert_eq!(r.error_code(), Some(400), "{r:?}");
     assert_eq!(r.types(), vec![t::ERROR_CODE]);
     assert_eq!(h.server.gauges(h.now().instant).permissions, [0, 0]);

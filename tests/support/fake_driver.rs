@@ -361,3 +361,112 @@ impl Drop for FakeDriver {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Outputs as the tests compare them
+// ---------------------------------------------------------------------------------------
+
+/// One output in a form a test can write down and compare whole: `assert_eq!(seen(&outputs),
+/// [Seen::open(V4), Seen::success(client, ALLOCATE)])` checks the complete, ordered list
+/// (where it goes, what it asks for, and for an answer its class, method and error code, read
+/// by the tests' own code). Tests check bytes and attributes beyond this separately.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    Answer {
+        listener: ListenerId,
+        to: SocketAddr,
+        class: crate::stun_encoder::Class,
+        method: u16,
+        error: Option<u16>,
+    },
+    Open {
+        family: Family,
+        dont_fragment: bool,
+    },
+    Close(RelayId),
+}
+
+impl Seen {
+    /// A success response on listener 0.
+    pub fn success(to: SocketAddr, method: stun_codec::Method) -> Seen {
+        Seen::answer(to, crate::stun_encoder::Class::Success, method, None)
+    }
+
+    /// An error response with `code` on listener 0.
+    pub fn error(to: SocketAddr, method: stun_codec::Method, code: u16) -> Seen {
+        Seen::answer(to, crate::stun_encoder::Class::Error, method, Some(code))
+    }
+
+    fn answer(
+        to: SocketAddr,
+        class: crate::stun_encoder::Class,
+        method: stun_codec::Method,
+        error: Option<u16>,
+    ) -> Seen {
+        Seen::Answer {
+            listener: ListenerId(0),
+            to,
+            class,
+            method: method.as_u16(),
+            error,
+        }
+    }
+
+    /// An `OpenRelay` of `family` without DF.
+    pub fn open(family: Family) -> Seen {
+        Seen::Open {
+            family,
+            dont_fragment: false,
+        }
+    }
+
+    pub fn open_df(family: Family) -> Seen {
+        Seen::Open {
+            family,
+            dont_fragment: true,
+        }
+    }
+
+    pub fn close(relay: RelayId) -> Seen {
+        Seen::Close(relay)
+    }
+}
+
+/// The outputs as `Seen`s, in order.
+pub fn seen(outputs: &[Output]) -> Vec<Seen> {
+    use crate::stun_encoder::{Class, kind, method_of, tlvs};
+    outputs
+        .iter()
+        .map(|output| match output {
+            Output::ToClient {
+                listener,
+                client,
+                bytes,
+            } => {
+                assert!(bytes.len() >= 20, "runt answer {bytes:02x?}");
+                let message_type = u16::from_be_bytes([bytes[0], bytes[1]]);
+                let attributes = tlvs(bytes).unwrap_or_else(|| panic!("bad TLVs {bytes:02x?}"));
+                let error = attributes
+                    .iter()
+                    .find(|(k, _)| *k == kind::ERROR_CODE)
+                    .map(|(_, v)| u16::from(v[2] & 0x07) * 100 + u16::from(v[3]));
+                Seen::Answer {
+                    listener: *listener,
+                    to: *client,
+                    class: Class::of(message_type),
+                    method: method_of(message_type),
+                    error,
+                }
+            }
+            Output::OpenRelay {
+                family,
+                dont_fragment,
+                ..
+            } => Seen::Open {
+                family: *family,
+                dont_fragment: *dont_fragment,
+            },
+            Output::CloseRelay { relay } => Seen::Close(*relay),
+        })
+        .collect()
+}
