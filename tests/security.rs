@@ -17,8 +17,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use fake_driver::{FakeDriver, UNIX0};
-use relay::core::{Cidr, Config, Family, Footprint, ListenerId, Output, RelayAddress};
+use fake_driver::{FakeDriver, Seen, UNIX0, seen};
+use relay::core::{Cidr, Config, Family, Footprint, ListenerId, Output, RelayAddress, RelayId};
 use stun_client::{Creds, Req, Response, types as t};
 use stun_codec::MessageClass;
 use stun_codec::rfc5389::attributes::Software;
@@ -107,11 +107,27 @@ impl Harness {
         }
     }
 
-    /// Moves the clock and fires the timers; returns what they did.
-    fn advance(&mut self, by: Duration) -> Vec<Output> {
+    /// Moves the clock and fires the timers, which may only close relay sockets; returns
+    /// the ones they closed, in `RelayId` order.
+    fn advance(&mut self, by: Duration) -> Vec<RelayId> {
         self.driver.advance_clock(by);
         self.driver.fire_timers();
-        self.driver.drain()
+        let mut closed: Vec<RelayId> = self
+            .driver
+            .drain()
+            .iter()
+            .map(|output| match output {
+                Output::CloseRelay { relay } => *relay,
+                other => panic!("timers may only close relay sockets, not {other:?}"),
+            })
+            .collect();
+        closed.sort();
+        closed
+    }
+
+    /// The relay sockets open now, in `RelayId` order.
+    fn open_ids(&self) -> Vec<RelayId> {
+        self.open_relays().into_iter().map(|(id, _)| id).collect()
     }
 
     /// Sends raw bytes from a client; returns whether the core forwarded them.
@@ -138,24 +154,39 @@ impl Harness {
         bytes.len()
     }
 
-    /// Sends a request and returns the one response it gets (after any OpenRelay).
+    /// Sends a request and returns its answer. The outputs must be exactly: the relay
+    /// sockets a successful Allocate opens (one per XOR-RELAYED-ADDRESS, in its order) or
+    /// the ones a request closes (those no longer open after it, in order), then the
+    /// answer to `from` of the request's method.
     fn call(&mut self, from: SocketAddr, req: Req) -> Response {
+        let method = req.method;
+        let open_before = self.open_ids();
         assert!(!self.send(from, req), "a request is not forwarded");
-        let responses: Vec<Response> = self
-            .drain()
+        let outputs = self.drain();
+        let Some(Output::ToClient { bytes, .. }) = outputs.last() else {
+            panic!("no answer last: {outputs:?}");
+        };
+        let r = Response::decode(bytes);
+        let open_after = self.open_ids();
+        let mut expected: Vec<Seen> = open_before
             .iter()
-            .filter_map(|o| match o {
-                Output::ToClient { client, bytes, .. } if *client == from => {
-                    Some(Response::decode(bytes))
-                }
-                _ => None,
-            })
+            .filter(|id| !open_after.contains(id))
+            .map(|id| Seen::close(*id))
             .collect();
-        assert_eq!(responses.len(), 1, "{responses:?}");
-        responses
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| unreachable!())
+        if method == ALLOCATE && r.class() == MessageClass::SuccessResponse {
+            for relayed in r.message.attributes().filter_map(|a| match a {
+                stun_encoder::codec::Attribute::XorRelayAddress(x) => Some(x.address()),
+                _ => None,
+            }) {
+                expected.push(Seen::open(Family::of_addr(relayed)));
+            }
+        }
+        expected.push(match r.error_code() {
+            Some(code) => Seen::error(from, method, code),
+            None => Seen::success(from, method),
+        });
+        assert_eq!(seen(&outputs), expected, "{r:?}");
+        r
     }
 
     fn client(&mut self, from: &str, id: &str) -> Client {
@@ -581,9 +612,9 @@ fn attributes_after_message_integrity_are_ignored() {
     // rules exclude: the MAC is over the message up to it, as RFC 8489 §14.5 says.
     assert!(!h.send_bytes(c.addr, &bytes));
     let outputs = h.drain();
-    assert_eq!(outputs.len(), 1, "{outputs:?}");
+    assert_eq!(seen(&outputs), [Seen::success(c.addr, REFRESH)]);
     let Output::ToClient { bytes: answer, .. } = &outputs[0] else {
-        panic!("{outputs:?}");
+        unreachable!("checked above");
     };
     let r = Response::decode(answer);
     assert_eq!(r.class(), MessageClass::SuccessResponse, "{r:?}");
@@ -596,14 +627,7 @@ fn attributes_after_message_integrity_are_ignored() {
     let mut bytes = sign(c.req(REFRESH));
     stun_client::append_raw(&mut bytes, 0x0031, b"junk");
     h.send_bytes(c.addr, &bytes);
-    let outputs = h.drain();
-    let Output::ToClient { bytes: answer, .. } = &outputs[0] else {
-        panic!("{outputs:?}");
-    };
-    assert_eq!(
-        Response::decode(answer).class(),
-        MessageClass::SuccessResponse
-    );
+    assert_eq!(seen(&h.drain()), [Seen::success(c.addr, REFRESH)]);
 }
 
 /// A tiny deterministic generator for the flood (no dependency, reproducible).
@@ -672,20 +696,36 @@ fn unauthenticated_floods_from_many_sources_leave_no_state() {
                     bytes[0] = 0x40;
                 }
                 assert!(!h.send_bytes(from, &bytes));
-                answered += h.drain().len();
+                let outputs = h.drain();
+                if let [Output::ToClient { bytes: answer, .. }] = outputs.as_slice() {
+                    // Garbage that happens to be a STUN request: an error answer, no state.
+                    let answer = Response::decode(answer);
+                    let method = stun_codec::Method::new(answer.message.method().as_u16())
+                        .unwrap_or_else(|_| unreachable!());
+                    let code = answer.error_code().expect("an error");
+                    assert_eq!(seen(&outputs), [Seen::error(from, method, code)]);
+                } else {
+                    assert_eq!(seen(&outputs), [], "garbage from {from}");
+                }
+                answered += outputs.len();
                 continue;
             }
         };
+        let method = req.method;
         assert!(!h.send(from, req), "nothing is forwarded");
         let outputs = h.drain();
-        assert!(outputs.len() <= 1);
-        for output in &outputs {
-            assert!(matches!(output, Output::ToClient { client, .. } if *client == from));
+        if let [Output::ToClient { bytes: answer, .. }] = outputs.as_slice() {
+            // Unauthenticated or forged: an error answer to the sender (or none, once its
+            // byte credit is spent), never state.
+            let code = Response::decode(answer).error_code().expect("an error");
+            assert_eq!(seen(&outputs), [Seen::error(from, method, code)]);
+        } else {
+            assert_eq!(seen(&outputs), [], "source {i}");
         }
         answered += outputs.len();
         assert_eq!(h.server.footprint(), empty, "state after source {i}");
         if i % 1000 == 0 {
-            h.advance(Duration::from_millis(100));
+            assert_eq!(h.advance(Duration::from_millis(100)), []);
         }
     }
     assert!(answered > 0);
@@ -708,21 +748,36 @@ fn a_burst_from_one_spoofed_source_is_answered_a_bounded_number_of_times() {
     // times with a victim's address: the victim gets at most 3 bytes per byte sent. The
     // factors measured here are the ones the README states.
     let victim = sa("8.8.8.8:53");
-    let kinds: Vec<(&str, Req)> = vec![
-        ("Binding success", Req::request(BINDING)),
-        ("401 (header-only Allocate)", Req::request(ALLOCATE)),
+    let unknown = stun_codec::Method::new(0x00F).unwrap_or_else(|_| unreachable!());
+    let kinds: Vec<(&str, Req, Seen)> = vec![
+        (
+            "Binding success",
+            Req::request(BINDING),
+            Seen::success(victim, BINDING),
+        ),
+        (
+            "401 (header-only Allocate)",
+            Req::request(ALLOCATE),
+            Seen::error(victim, ALLOCATE, 401),
+        ),
         (
             "401 (Allocate with REQUESTED-TRANSPORT)",
             Req::request(ALLOCATE).attr(RequestedTransport::new(17)),
+            Seen::error(victim, ALLOCATE, 401),
         ),
         (
             "400 (unknown method)",
-            Req::request(stun_codec::Method::new(0x00F).unwrap()),
+            Req::request(unknown),
+            Seen::error(victim, unknown, 400),
         ),
-        ("420 (Binding)", Req::request(BINDING).raw(0x7FAA, b"")),
+        (
+            "420 (Binding)",
+            Req::request(BINDING).raw(0x7FAA, b""),
+            Seen::error(victim, BINDING, 420),
+        ),
     ];
     let mut h = Harness::new(config());
-    for (name, req) in kinds {
+    for (name, req, answer) in kinds {
         // A fresh relay per kind: credit banked by one kind's small answers (up to 1024
         // bytes) would otherwise show in the next kind's figure.
         h = Harness::new(config());
@@ -730,9 +785,13 @@ fn a_burst_from_one_spoofed_source_is_answered_a_bounded_number_of_times() {
         for _ in 0..10_000u32 {
             let bytes = h.send_bytes_of(victim, req.clone());
             sent += bytes;
-            for output in h.drain() {
+            let outputs = h.drain();
+            if !outputs.is_empty() {
+                assert_eq!(seen(&outputs), [answer.clone()], "{name}");
+            }
+            for output in outputs {
                 let Output::ToClient { bytes, .. } = output else {
-                    panic!("{output:?}");
+                    unreachable!("checked above");
                 };
                 received += bytes.len();
             }
@@ -773,7 +832,9 @@ fn quotas_486_per_user_and_508_in_total() {
     assert_eq!(h.server.allocation_count(), 12);
     assert_eq!(h.server.footprint().users_with_allocations, 2);
     // Everything expires: the quota and the state go back to zero.
-    h.advance(Duration::from_secs(601));
+    let open = h.open_ids();
+    assert_eq!(open.len(), 24, "12 dual-stack allocations");
+    assert_eq!(h.advance(Duration::from_secs(601)), open);
     assert_eq!(h.server.footprint(), Footprint::default());
 }
 
@@ -1423,9 +1484,11 @@ fn refreshes_with_ever_shorter_lifetimes_keep_one_timer_entry() {
     }
     // The entry moved to the last deadline: the allocation ends at 600 s, not earlier.
     assert_eq!(h.server.poll_timeout(), Some(h.at(600)));
-    h.advance(Duration::from_secs(599));
+    assert_eq!(h.advance(Duration::from_secs(599)), []);
     assert_eq!(h.server.allocation_count(), 1);
-    h.advance(Duration::from_secs(1));
+    let open = h.open_ids();
+    assert_eq!(open.len(), 2, "one dual-stack allocation");
+    assert_eq!(h.advance(Duration::from_secs(1)), open);
     assert_eq!(h.server.footprint(), Footprint::default());
 }
 
@@ -1505,7 +1568,8 @@ fn a_reservation_holds_a_quota_slot_and_a_total_slot_until_claimed_or_expired() 
     assert_eq!(h.code(&b, even_port_allocate(&b)), Some(508));
     let r = h.call(b.addr, b.req(ALLOCATE).attr(RequestedTransport::new(17)));
     assert_eq!(r.class(), MessageClass::SuccessResponse, "{r:?}");
-    h.advance(Duration::from_secs(601));
+    let open = h.open_ids();
+    assert_eq!(h.advance(Duration::from_secs(601)), open);
     assert_eq!(h.server.footprint(), Footprint::default());
 }
 
@@ -1523,9 +1587,9 @@ fn an_expired_reservation_gives_its_slot_back() {
     assert_eq!(h.code(&a, delete), None);
     assert_eq!(h.server.footprint().reservations, 1);
     assert_eq!(h.server.footprint().timer_entries, 1);
-    h.advance(Duration::from_secs(29));
+    assert_eq!(h.advance(Duration::from_secs(29)), []);
     assert_eq!(h.code(&a, even_port_allocate(&a)), Some(486));
-    h.advance(Duration::from_secs(1));
+    assert_eq!(h.advance(Duration::from_secs(1)), []);
     assert_eq!(h.server.footprint().reservations, 0);
     assert_eq!(h.code(&a, even_port_allocate(&a)), None);
 }

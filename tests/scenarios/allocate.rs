@@ -67,17 +67,17 @@ fn allocate_lifetime_is_floored_at_default_and_capped() {
     }
     // An allocation given 1200 s outlives the default one.
     h.set_time(600);
+    // Relay sockets 1..=4 went to the allocations granted 1200, 3600, 600 and 600 s.
     let outputs = h.timeout();
-    assert_eq!(
-        outputs.len(),
-        2,
-        "the two 600 s allocations close: {outputs:?}"
+    assert_same_outputs_any_order(
+        &outputs,
+        &[Seen::close(RelayId(3)), Seen::close(RelayId(4))],
     );
     assert_eq!(h.server.allocation_count(), 2);
     h.set_time(1200);
-    assert_eq!(h.timeout().len(), 1);
+    assert_eq!(seen(&h.timeout()), [Seen::close(RelayId(1))]);
     h.set_time(3600);
-    assert_eq!(h.timeout().len(), 1);
+    assert_eq!(seen(&h.timeout()), [Seen::close(RelayId(2))]);
     assert_eq!(h.server.allocation_count(), 0);
 }
 
@@ -165,7 +165,14 @@ fn dual_stack_allocate_opens_both_families() {
             .attr(AdditionalAddressFamily::new(AddressFamily::V6)),
     );
     let outputs = h.drain();
-    assert_eq!(outputs.len(), 3, "{outputs:?}");
+    assert_eq!(
+        seen(&outputs),
+        [
+            Seen::open(V4),
+            Seen::open(V6),
+            Seen::success(c.addr, ALLOCATE)
+        ]
+    );
     let (
         Output::OpenRelay {
             family: Family::V4,
@@ -221,14 +228,10 @@ fn dual_stack_allocate_opens_both_families() {
             .attr(RequestedAddressFamily::new(AddressFamily::V6)),
     );
     let outputs = h.drain();
-    assert_eq!(outputs.len(), 2, "{outputs:?}");
-    assert!(matches!(
-        outputs[0],
-        Output::OpenRelay {
-            family: Family::V6,
-            ..
-        }
-    ));
+    assert_eq!(
+        seen(&outputs),
+        [Seen::open(V6), Seen::success(d.addr, ALLOCATE)]
+    );
     let r = to_client(&outputs[1], d.addr);
     assert_eq!(r.class(), MessageClass::SuccessResponse);
     assert_eq!(h.server.ports_in_use(), [1, 2]);
@@ -246,22 +249,15 @@ fn dual_stack_allocate_failing_one_family_closes_the_other() {
             .attr(AdditionalAddressFamily::new(AddressFamily::V6)),
     );
     let outputs = h.drain();
-    assert_eq!(outputs.len(), 4, "{outputs:?}");
-    assert!(matches!(
-        outputs[0],
-        Output::OpenRelay {
-            family: Family::V4,
-            ..
-        }
-    ));
-    assert!(matches!(
-        outputs[1],
-        Output::OpenRelay {
-            family: Family::V6,
-            ..
-        }
-    ));
-    assert_eq!(outputs[2], Output::CloseRelay { relay: RelayId(1) });
+    assert_eq!(
+        seen(&outputs),
+        [
+            Seen::open(V4),
+            Seen::open(V6),
+            Seen::close(RelayId(1)),
+            Seen::error(c.addr, ALLOCATE, 508)
+        ]
+    );
     let r = to_client(&outputs[3], c.addr);
     assert_eq!(r.error_code(), Some(508));
     assert!(r.integrity_valid(&c.key()));
@@ -281,15 +277,10 @@ fn dont_fragment_opens_a_df_relay_socket() {
             .attr(DontFragment),
     );
     let outputs = h.drain();
-    assert_eq!(outputs.len(), 2, "{outputs:?}");
-    let Output::OpenRelay {
-        dont_fragment: true,
-        family: Family::V4,
-        ..
-    } = outputs[0]
-    else {
-        panic!("expected a DF OpenRelay: {outputs:?}");
-    };
+    assert_eq!(
+        seen(&outputs),
+        [Seen::open_df(V4), Seen::success(c.addr, ALLOCATE)]
+    );
     let r = to_client(&outputs[1], c.addr);
     assert_eq!(r.class(), MessageClass::SuccessResponse);
     assert!(r.integrity_valid(&c.key()));
@@ -297,17 +288,10 @@ fn dont_fragment_opens_a_df_relay_socket() {
     let d = h.client("198.51.100.2:40000", "bob");
     h.send(d.addr, d.req(ALLOCATE).attr(RequestedTransport::new(UDP)));
     let outputs = h.drain();
-    assert!(
-        matches!(
-            outputs[0],
-            Output::OpenRelay {
-                dont_fragment: false,
-                ..
-            }
-        ),
-        "{outputs:?}"
+    assert_eq!(
+        seen(&outputs),
+        [Seen::open(V4), Seen::success(d.addr, ALLOCATE)]
     );
-    assert_eq!(outputs.len(), 2);
 }
 
 #[test]
@@ -355,14 +339,17 @@ fn dual_stack_relays_ipv6_peers() {
             .attr(AdditionalAddressFamily::new(AddressFamily::V6)),
     );
     let outputs = h.drain();
-    assert_eq!(outputs.len(), 3, "{outputs:?}");
-    let Output::OpenRelay { allocation, .. } = outputs[0] else {
-        panic!("{outputs:?}");
-    };
     assert_eq!(
-        to_client(&outputs[2], c.addr).class(),
-        MessageClass::SuccessResponse
+        seen(&outputs),
+        [
+            Seen::open(V4),
+            Seen::open(V6),
+            Seen::success(c.addr, ALLOCATE)
+        ]
     );
+    let Output::OpenRelay { allocation, .. } = outputs[0] else {
+        unreachable!("checked above");
+    };
     let (v4_relay, v6_relay) = (RelayId(1), RelayId(2));
     let p4 = addr("8.8.8.8:53");
     let p6 = addr("[2606:4700:4700::1111]:53");

@@ -186,7 +186,15 @@ fn even_port_reservation_follows_a_retried_port() {
             .attr(EvenPort::new(true)),
     );
     let outputs = h.drain();
-    assert_eq!(outputs.len(), 3, "{outputs:?}");
+    assert_eq!(
+        seen(&outputs),
+        [
+            Seen::open(V4),
+            Seen::open(V4),
+            Seen::success(c.addr, ALLOCATE)
+        ],
+        "the first port was in use, the retry succeeded"
+    );
     let r = to_client(&outputs[2], c.addr);
     assert_eq!(r.class(), MessageClass::SuccessResponse);
     let port = r.get::<XorRelayAddress>().unwrap().address().port();
@@ -224,7 +232,10 @@ fn reserved_port_in_use_is_508_not_another_port() {
             .attr(ReservationToken::new(token)),
     );
     let outputs = h.drain();
-    assert_eq!(outputs.len(), 2, "{outputs:?}");
+    assert_eq!(
+        seen(&outputs),
+        [Seen::open(V4), Seen::error(d.addr, ALLOCATE, 508)]
+    );
     assert!(matches!(
         outputs[0],
         Output::OpenRelay { addr, .. } if addr.port() == a.port + 1

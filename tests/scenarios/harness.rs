@@ -446,3 +446,17 @@ pub fn assert_challenge_with(h: &Harness, r: &Response, code: u16, allocations: 
     assert_eq!(h.server.allocation_count(), allocations);
     assert_eq!(h.server.ports_in_use(), [allocations, 0]);
 }
+
+/// The outputs are exactly `expected` in some order: for things due at the same instant,
+/// whose order the core does not promise (e.g. two allocations expiring in one tick).
+pub fn assert_same_outputs_any_order(outputs: &[Output], expected: &[Seen]) {
+    let mut left = seen(outputs);
+    for want in expected {
+        let at = left
+            .iter()
+            .position(|s| s == want)
+            .unwrap_or_else(|| panic!("{want:?} missing from {outputs:?}"));
+        left.remove(at);
+    }
+    assert!(left.is_empty(), "unexpected {left:?} in {outputs:?}");
+}

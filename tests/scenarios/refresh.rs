@@ -62,8 +62,10 @@ fn refresh_with_zero_lifetime_deletes() {
         c.req(REFRESH).attr(Lifetime::from_u32(0)).fingerprint(),
     );
     let outputs = h.drain();
-    assert_eq!(outputs.len(), 2, "{outputs:?}");
-    assert_eq!(outputs[0], Output::CloseRelay { relay: a.relay });
+    assert_eq!(
+        seen(&outputs),
+        [Seen::close(a.relay), Seen::success(c.addr, REFRESH)]
+    );
     let r = to_client(&outputs[1], c.addr);
     assert_eq!(r.class(), MessageClass::SuccessResponse);
     assert_eq!(
@@ -219,12 +221,13 @@ fn allocate_after_expiry_before_the_timer_fires_succeeds() {
     h.send(c.addr, c.req(ALLOCATE).attr(RequestedTransport::new(UDP)));
     let outputs = h.drain();
     assert_eq!(
-        outputs.len(),
-        3,
-        "CloseRelay, OpenRelay, success: {outputs:?}"
+        seen(&outputs),
+        [
+            Seen::close(old.relay),
+            Seen::open(V4),
+            Seen::success(c.addr, ALLOCATE)
+        ]
     );
-    assert_eq!(outputs[0], Output::CloseRelay { relay: old.relay });
-    assert!(matches!(outputs[1], Output::OpenRelay { .. }));
     assert_eq!(
         to_client(&outputs[2], c.addr).class(),
         MessageClass::SuccessResponse
@@ -280,8 +283,14 @@ fn expired_but_unswept_allocation_is_gone_for_every_lookup() {
         other.req(ALLOCATE).attr(RequestedTransport::new(UDP)),
     );
     let outputs = h.drain();
-    assert_eq!(outputs.len(), 3, "{outputs:?}");
-    assert_eq!(outputs[0], Output::CloseRelay { relay: old.relay });
+    assert_eq!(
+        seen(&outputs),
+        [
+            Seen::close(old.relay),
+            Seen::open(V4),
+            Seen::success(other.addr, ALLOCATE)
+        ]
+    );
     assert!(matches!(
         outputs[1],
         Output::OpenRelay { addr, .. } if addr.port() == 50000

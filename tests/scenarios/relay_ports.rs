@@ -28,8 +28,10 @@ fn port_exhaustion_is_508() {
     // When one goes, the third gets its port.
     h.send(a.addr, a.req(REFRESH).attr(Lifetime::from_u32(0)));
     let outputs = h.drain();
-    assert_eq!(outputs.len(), 2, "{outputs:?}");
-    assert_eq!(outputs[0], Output::CloseRelay { relay: first.relay });
+    assert_eq!(
+        seen(&outputs),
+        [Seen::close(first.relay), Seen::success(a.addr, REFRESH)]
+    );
     assert_eq!(
         to_client(&outputs[1], a.addr).class(),
         MessageClass::SuccessResponse
@@ -48,7 +50,14 @@ fn address_in_use_is_retried_on_another_port() {
     h.script = VecDeque::from([OpenAnswer::Err(OpenError::AddressInUse)]);
     h.send(c.addr, c.req(ALLOCATE).attr(RequestedTransport::new(UDP)));
     let outputs = h.drain();
-    assert_eq!(outputs.len(), 3, "{outputs:?}");
+    assert_eq!(
+        seen(&outputs),
+        [
+            Seen::open(V4),
+            Seen::open(V4),
+            Seen::success(c.addr, ALLOCATE)
+        ]
+    );
     let (
         Output::OpenRelay { addr: first, .. },
         Output::OpenRelay {
@@ -95,12 +104,27 @@ fn address_in_use_is_retried_until_the_attempt_limit() {
     h.script = VecDeque::from([OpenAnswer::Err(OpenError::AddressInUse); 2]);
     h.send(c.addr, c.req(ALLOCATE).attr(RequestedTransport::new(UDP)));
     let outputs = h.drain();
-    assert_eq!(outputs.len(), 4, "{outputs:?}");
-    assert!(
-        outputs[..3]
-            .iter()
-            .all(|o| matches!(o, Output::OpenRelay { .. }))
+    assert_eq!(
+        seen(&outputs),
+        [
+            Seen::open(V4),
+            Seen::open(V4),
+            Seen::open(V4),
+            Seen::success(c.addr, ALLOCATE)
+        ]
     );
+    let ports: Vec<u16> = outputs[..3]
+        .iter()
+        .map(|o| match o {
+            Output::OpenRelay { addr, .. } => addr.port(),
+            _ => unreachable!("checked above"),
+        })
+        .collect();
+    assert_eq!(
+        ports[0], ports[2],
+        "the port that failed first is tried again"
+    );
+    assert_ne!(ports[0], ports[1]);
     assert_eq!(
         to_client(&outputs[3], c.addr).class(),
         MessageClass::SuccessResponse
@@ -112,8 +136,10 @@ fn address_in_use_is_retried_until_the_attempt_limit() {
     h.script = VecDeque::from([OpenAnswer::Err(OpenError::AddressInUse)]);
     h.send(d.addr, d.req(ALLOCATE).attr(RequestedTransport::new(UDP)));
     let outputs = h.drain();
-    assert_eq!(outputs.len(), 2, "{outputs:?}");
-    assert_eq!(to_client(&outputs[1], d.addr).error_code(), Some(508));
+    assert_eq!(
+        seen(&outputs),
+        [Seen::open(V4), Seen::error(d.addr, ALLOCATE, 508)]
+    );
     assert_eq!(h.server.ports_in_use(), [1, 0]);
 
     // Eight failures in a row, with ports to spare: 508, every port back.
@@ -125,12 +151,9 @@ fn address_in_use_is_retried_until_the_attempt_limit() {
     h.script = VecDeque::from([OpenAnswer::Err(OpenError::AddressInUse); 8]);
     h.send(d.addr, d.req(ALLOCATE).attr(RequestedTransport::new(UDP)));
     let outputs = h.drain();
-    assert_eq!(outputs.len(), 9, "{outputs:?}");
-    assert!(
-        outputs[..8]
-            .iter()
-            .all(|o| matches!(o, Output::OpenRelay { .. }))
-    );
+    let mut expected = vec![Seen::open(V4); 8];
+    expected.push(Seen::error(d.addr, ALLOCATE, 508));
+    assert_eq!(seen(&outputs), expected);
     let r = to_client(&outputs[8], d.addr);
     assert_eq!(r.error_code(), Some(508));
     assert!(r.integrity_valid(&d.key()));
@@ -154,8 +177,10 @@ fn bind_failure_other_is_508_and_returns_the_port() {
             .fingerprint(),
     );
     let outputs = h.drain();
-    assert_eq!(outputs.len(), 2, "{outputs:?}");
-    assert!(matches!(outputs[0], Output::OpenRelay { .. }));
+    assert_eq!(
+        seen(&outputs),
+        [Seen::open(V4), Seen::error(c.addr, ALLOCATE, 508)]
+    );
     let r = to_client(&outputs[1], c.addr);
     assert_eq!(r.error_code(), Some(508));
     assert_eq!(
@@ -179,15 +204,14 @@ fn allocate_retransmitted_while_the_socket_opens_is_answered_once() {
     h.script = VecDeque::from([OpenAnswer::Defer]);
     h.send(c.addr, req.clone());
     let outputs = h.drain();
-    assert_eq!(outputs.len(), 1);
-    assert!(matches!(outputs[0], Output::OpenRelay { .. }));
+    assert_eq!(seen(&outputs), [Seen::open(V4)]);
     // Nothing to say yet, and nothing usable yet.
     h.send(c.addr, req.clone());
     h.expect_nothing();
     h.fails(&c, c.req(REFRESH), 437);
     assert_eq!(h.channel_data(c.addr, 0x4000, b"x"), None);
     let (relay, outputs) = h.complete(0, Ok(()));
-    assert_eq!(outputs.len(), 1, "{outputs:?}");
+    assert_eq!(seen(&outputs), [Seen::success(c.addr, ALLOCATE)]);
     let r = to_client(&outputs[0], c.addr);
     assert_eq!(r.class(), MessageClass::SuccessResponse);
     assert_eq!(r.transaction_id(), tid);
@@ -211,14 +235,13 @@ fn stale_relay_completion_is_not_applied_to_a_reused_allocation_id() {
     h.script = VecDeque::from([OpenAnswer::Defer, OpenAnswer::Defer]);
     h.send(a.addr, dual(&a));
     let outputs = h.drain();
-    assert_eq!(outputs.len(), 2);
+    assert_eq!(seen(&outputs), [Seen::open(V4), Seen::open(V6)]);
     let Output::OpenRelay { addr: a_v6, .. } = outputs[1] else {
         panic!("{outputs:?}");
     };
     // A's IPv4 socket fails: A is gone (its IPv6 socket is still being opened).
     let (_, outputs) = h.complete(0, Err(OpenError::Other));
-    assert_eq!(outputs.len(), 1);
-    assert_eq!(to_client(&outputs[0], a.addr).error_code(), Some(508));
+    assert_eq!(seen(&outputs), [Seen::error(a.addr, ALLOCATE, 508)]);
     // A's IPv6 port stays taken while its bind is in flight: handing it to B now would race
     // with that bind.
     assert_eq!(h.server.ports_in_use(), [0, 1]);
@@ -227,6 +250,7 @@ fn stale_relay_completion_is_not_applied_to_a_reused_allocation_id() {
     h.script = VecDeque::from([OpenAnswer::Defer, OpenAnswer::Defer]);
     h.send(b.addr, dual(&b));
     let outputs = h.drain();
+    assert_eq!(seen(&outputs), [Seen::open(V4), Seen::open(V6)]);
     let Output::OpenRelay {
         allocation: b_id,
         addr: b_v6,
@@ -257,7 +281,7 @@ fn stale_relay_completion_is_not_applied_to_a_reused_allocation_id() {
     let (_, outputs) = h.complete(2, Ok(()));
     assert_eq!(outputs, vec![]);
     let (_, outputs) = h.complete(3, Ok(()));
-    assert_eq!(outputs.len(), 1, "{outputs:?}");
+    assert_eq!(seen(&outputs), [Seen::success(b.addr, ALLOCATE)]);
     let r = to_client(&outputs[0], b.addr);
     assert_eq!(r.class(), MessageClass::SuccessResponse);
     let relayed: Vec<u16> = r
