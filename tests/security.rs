@@ -787,7 +787,7 @@ fn a_burst_from_one_spoofed_source_is_answered_a_bounded_number_of_times() {
             sent += bytes;
             let outputs = h.drain();
             if !outputs.is_empty() {
-                assert_eq!(seen(&outputs), [answer.clone()], "{name}");
+                assert_eq!(seen(&outputs), std::slice::from_ref(&answer), "{name}");
             }
             for output in outputs {
                 let Output::ToClient { bytes, .. } = output else {
