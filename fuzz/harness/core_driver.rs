@@ -7,11 +7,11 @@
 //! drains `poll_output` after every input, answers `OpenRelay` (at once from a script, or
 //! later in request order when the scenario defers completions), and keeps the books of the
 //! relay sockets it opened. After every call into the core it checks `invariant_violations()`
-//! and what it can see from outside: every output is well-formed, a socket is only closed if
-//! it is open and only once, a port is never handed out while a socket is bound to it, forwarded and
-//! delivered data is intact and goes to the allocation's owner, granted lifetimes are within
-//! RFC 8656 bounds, Refresh(0) frees the allocation, and at the end of a scenario (pending
-//! opens answered, time moved past every lifetime) everything is freed.
+//! and what it can see from outside: every output is well-formed, a socket is only closed
+//! if it is open and only once, a port is never handed out while a socket is bound to it,
+//! forwarded and delivered data is intact and goes to the allocation's owner, granted
+//! lifetimes are within RFC 8656 bounds, Refresh(0) frees the allocation, and at the end of
+//! a scenario (pending opens answered, time moved past every lifetime) everything is freed.
 //!
 //! The op model is plain data. In the fuzz crate it derives `arbitrary::Arbitrary`; the
 //! property tests (compiled with `cfg(test)`, which fuzz targets never are) build it with

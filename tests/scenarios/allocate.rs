@@ -7,6 +7,10 @@ use crate::harness::*;
 // 3. Allocate
 // ---------------------------------------------------------------------------------------
 
+/// RFC 8656 §7.2: "The success response contains: An XOR-RELAYED-ADDRESS attribute [...] A
+/// LIFETIME attribute containing the current value of the time-to-expiry timer [...] An
+/// XOR-MAPPED-ADDRESS attribute containing the client's IP address and port (from the
+/// 5-tuple)", signed (RFC 8489 §9.2.4), FINGERPRINT mirrored.
 #[test]
 fn allocate_success_has_exact_attributes_and_signed_response() {
     let mut h = Harness::new();
@@ -49,6 +53,10 @@ fn allocate_success_has_exact_attributes_and_signed_response() {
     assert!(a.response.has_fingerprint());
 }
 
+/// RFC 8656 §7.2: "If the request contains a LIFETIME attribute, then the server computes the
+/// minimum of the client's proposed lifetime and the server's maximum allowed lifetime. If this
+/// computed value is greater than the default lifetime, then the server uses the computed
+/// lifetime [...]. Otherwise, the server uses the default lifetime." Default 600 s, maximum 3600.
 #[test]
 fn allocate_lifetime_is_floored_at_default_and_capped() {
     let mut h = Harness::new();
@@ -81,6 +89,10 @@ fn allocate_lifetime_is_floored_at_default_and_capped() {
     assert_eq!(h.server.allocation_count(), 0);
 }
 
+/// RFC 8656 §7.2 item 3: "If the REQUESTED-TRANSPORT attribute is not included or is malformed,
+/// the server rejects the request with a 400 (Bad Request) error. Otherwise, if the attribute is
+/// included but specifies a protocol that is not supported by the server, the server rejects
+/// the request with a 442 (Unsupported Transport Protocol) error."
 #[test]
 fn allocate_rejects_missing_or_unsupported_transport() {
     let mut h = Harness::new();
@@ -94,6 +106,9 @@ fn allocate_rejects_missing_or_unsupported_transport() {
     h.allocate(&c);
 }
 
+/// RFC 8656 §7.2 item 2: "The server checks if the 5-tuple is currently in use by an existing
+/// allocation. If yes, the server rejects the request with a 437 (Allocation Mismatch) error."
+/// A retransmission of the Allocate that created it (same transaction ID) gets the same answer.
 #[test]
 fn allocate_retransmission_gets_the_same_bytes_and_new_transaction_gets_437() {
     let mut h = Harness::new();
@@ -118,6 +133,9 @@ fn allocate_retransmission_gets_the_same_bytes_and_new_transaction_gets_437() {
     assert_eq!(h.server.allocation_count(), 1);
 }
 
+/// RFC 8656 §7.2 item 7: "If the server does not support the address family requested by the
+/// client in REQUESTED-ADDRESS-FAMILY [...] it MUST generate an Allocate error response [...]
+/// with the 440 (Address Family not Supported) response code."
 #[test]
 fn allocate_address_family_checks() {
     let mut h = Harness::new();
@@ -154,6 +172,10 @@ fn allocate_address_family_checks() {
     );
 }
 
+/// RFC 8656 §7.2 item 9: "If the server can fully meet the request, then the server allocates
+/// one IPv4 and one IPv6 relay address and returns an Allocate success response containing the
+/// relayed transport addresses assigned to the dual allocation in two XOR-RELAYED-ADDRESS
+/// attributes."
 #[test]
 fn dual_stack_allocate_opens_both_families() {
     let mut h = Harness::with_config(config_v6());
@@ -237,6 +259,8 @@ fn dual_stack_allocate_opens_both_families() {
     assert_eq!(h.server.ports_in_use(), [1, 2]);
 }
 
+/// RFC 8656 §7.2 item 9: "If the server cannot satisfy the request, then the server rejects the
+/// request with a 508 (Insufficient Capacity) error"; the socket of the other family is closed.
 #[test]
 fn dual_stack_allocate_failing_one_family_closes_the_other() {
     let mut h = Harness::with_config(config_v6());
@@ -265,6 +289,9 @@ fn dual_stack_allocate_failing_one_family_closes_the_other() {
     assert_eq!(h.server.ports_in_use(), [0, 0]);
 }
 
+/// RFC 8656 §7.2 item 4: DONT-FRAGMENT is an unknown comprehension-required attribute only
+/// "if [...] the server does not support sending UDP datagrams with the DF bit set to 1"; we
+/// do, so the relay socket is opened with DF.
 #[test]
 fn dont_fragment_opens_a_df_relay_socket() {
     // DONT-FRAGMENT is supported (DF on the relay socket), so it is not a 420.
@@ -294,6 +321,9 @@ fn dont_fragment_opens_a_df_relay_socket() {
     );
 }
 
+/// RFC 8656 §11.2: "If the server is unable to set the DF bit on outgoing UDP datagrams when
+/// this attribute is present, then the server acts as if the DONT-FRAGMENT attribute is an
+/// unknown comprehension-required attribute" (an indication is then dropped).
 #[test]
 fn send_with_dont_fragment_needs_a_df_allocation() {
     let mut h = Harness::new();
@@ -328,6 +358,9 @@ fn send_with_dont_fragment_needs_a_df_allocation() {
     assert_eq!(&bytes[forward.payload], b"df");
 }
 
+/// RFC 8656 §7.2 item 9 and §11.3: a dual allocation relays to IPv4 peers through its IPv4
+/// address and to IPv6 peers through its IPv6 address; a Data indication carries the peer in
+/// XOR-PEER-ADDRESS and the payload in DATA.
 #[test]
 fn dual_stack_relays_ipv6_peers() {
     let mut h = Harness::with_config(config_v6());
@@ -397,6 +430,8 @@ fn dual_stack_relays_ipv6_peers() {
     assert_eq!(h.server.counters().peer_too_large, 1);
 }
 
+/// RFC 8656 §7.2 item 6: both REQUESTED-ADDRESS-FAMILY and ADDITIONAL-ADDRESS-FAMILY is a 400;
+/// item 9: ADDITIONAL-ADDRESS-FAMILY of "0x01 (IPv4 address family)" is a 400.
 #[test]
 fn address_family_attribute_combinations() {
     let mut h = Harness::with_config(config_v6());

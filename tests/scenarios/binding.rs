@@ -6,6 +6,9 @@ use crate::harness::*;
 // 1. Binding
 // ---------------------------------------------------------------------------------------
 
+/// RFC 8489 §3: the server answers a Binding request with the client's reflexive transport
+/// address in XOR-MAPPED-ADDRESS; Binding needs no credentials. Project rule: FINGERPRINT on a
+/// response iff the request carried a valid one; a bad FINGERPRINT drops the message (§14.7).
 #[test]
 fn binding_reflects_the_sender_and_mirrors_fingerprint() {
     let mut h = Harness::new();

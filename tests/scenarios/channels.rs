@@ -7,6 +7,9 @@ use crate::harness::*;
 // 6. ChannelBind and ChannelData from the client
 // ---------------------------------------------------------------------------------------
 
+/// RFC 8656 §12.6: "On the server, if no errors are detected, the server relays the
+/// application data to the peer": from the relayed address to the bound peer, the data of the
+/// ChannelData message.
 #[test]
 fn channel_bind_then_channel_data_is_forwarded() {
     let mut h = Harness::new();
@@ -38,6 +41,9 @@ fn channel_bind_then_channel_data_is_forwarded() {
     assert_eq!(counters.relayed_to_peer_bytes, 8);
 }
 
+/// RFC 8656 §12.2: the server checks that "The channel number is in the range 0x4000 through
+/// 0x4FFF (inclusive)"; "If any of these tests fail, the server replies with a 400 (Bad
+/// Request) error."
 #[test]
 fn channel_numbers_out_of_range_get_400() {
     let mut h = Harness::new();
@@ -62,6 +68,9 @@ fn channel_numbers_out_of_range_get_400() {
     assert_eq!(h.server.allocation_count(), 1);
 }
 
+/// RFC 8656 §12.2: "The channel number is not currently bound to a different transport address
+/// (same transport address is OK); The transport address is not currently bound to a different
+/// channel number." Otherwise 400; rebinding the same pair refreshes (§12.1).
 #[test]
 fn channel_bind_conflicts_and_refresh() {
     let mut h = Harness::new();
@@ -96,6 +105,9 @@ fn channel_bind_conflicts_and_refresh() {
     assert_eq!(h.server.counters().channel_data_unbound, 2);
 }
 
+/// RFC 8656 §12.2: a ChannelBind needs an allocation (437) and a peer of the allocation's
+/// family (443); "The server MAY impose restrictions on the IP address and port values allowed
+/// in the XOR-PEER-ADDRESS attribute" (403: loopback by default, port 0).
 #[test]
 fn channel_bind_refusals() {
     let mut h = Harness::new();
@@ -144,6 +156,8 @@ fn channel_bind_refusals() {
     assert_eq!(h.server.counters().channel_data_unbound, 1);
 }
 
+/// RFC 8656 §12.2: "The server MAY impose restrictions on the IP address and port values
+/// allowed": loopback peers are refused by default and allowed with `--allow-loopback-peers`.
 #[test]
 fn loopback_peers_are_allowed_when_configured() {
     let mut h = Harness::with_config(Config {
@@ -164,6 +178,9 @@ fn loopback_peers_are_allowed_when_configured() {
 // 7. Peer → client
 // ---------------------------------------------------------------------------------------
 
+/// RFC 8656 §9: without a permission "the server silently discards the UDP datagram"; §12.5:
+/// the server "MUST use the ChannelData message if a channel has been bound to the peer"; §11.3:
+/// otherwise it "forms and sends a Data indication".
 #[test]
 fn peer_datagrams_go_through_channel_or_data_indication_or_are_dropped() {
     let mut h = Harness::new();
@@ -232,6 +249,8 @@ fn peer_datagrams_go_through_channel_or_data_indication_or_are_dropped() {
     assert_eq!(counters.relayed_to_client_bytes, 5 + 5 + 4 + 4);
 }
 
+/// RFC 8656 §12.6: "If the ChannelData message is received on a channel that is not bound to
+/// any peer, then the message is silently discarded" (counted, DESIGN convention 5).
 #[test]
 fn channel_data_without_binding_or_allocation_is_counted() {
     let mut h = Harness::new();

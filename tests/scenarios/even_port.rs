@@ -6,6 +6,8 @@ use crate::harness::*;
 // 12. EVEN-PORT and RESERVATION-TOKEN
 // ---------------------------------------------------------------------------------------
 
+/// RFC 8656 §7.2: "If the request contains an EVEN-PORT attribute with the R bit set to 0,
+/// then the server allocates a relayed transport address with an even port number."
 #[test]
 fn even_port_without_reservation() {
     let mut h = Harness::new();
@@ -31,6 +33,9 @@ fn even_port_without_reservation() {
     assert_eq!(h.server.ports_in_use(), [5, 0]);
 }
 
+/// RFC 8656 §7.2: with R set, "Port N is used in the current allocation, while the relayed
+/// transport address with port N+1 is assigned a token and reserved for a future allocation";
+/// an Allocate with that RESERVATION-TOKEN gets port N+1.
 #[test]
 fn even_port_reservation_is_claimed_by_token() {
     let mut h = Harness::new();
@@ -80,6 +85,8 @@ fn even_port_reservation_is_claimed_by_token() {
     );
 }
 
+/// RFC 8656 §7.2: "The server MUST hold this reservation for at least 30 seconds"; we hold it
+/// exactly 30 s, then the port is free again.
 #[test]
 fn unclaimed_reservation_is_released_after_30_seconds() {
     let mut h = Harness::new();
@@ -110,6 +117,9 @@ fn unclaimed_reservation_is_released_after_30_seconds() {
     );
 }
 
+/// RFC 8656 §7.2 item 5: RESERVATION-TOKEN with EVEN-PORT or an address-family attribute is
+/// 400; "If the token is not valid for some reason, the server rejects the request with a 508
+/// (Insufficient Capacity) error."
 #[test]
 fn reservation_token_errors() {
     let mut h = Harness::new();
@@ -136,6 +146,8 @@ fn reservation_token_errors() {
     assert_eq!(h.server.ports_in_use(), [0, 0]);
 }
 
+/// RFC 8656 §7.2 item 8: "If the server cannot satisfy the request, then the server rejects
+/// the request with a 508 (Insufficient Capacity) error."
 #[test]
 fn even_port_reservation_fails_when_no_pair_is_free() {
     let mut h = Harness::with_config(Config {
@@ -168,6 +180,8 @@ fn even_port_reservation_fails_when_no_pair_is_free() {
     assert_eq!(b.port, 50002);
 }
 
+/// RFC 8656 §7.2: the reserved port is N+1 of the port N actually allocated, also when the
+/// first port tried was in use.
 #[test]
 fn even_port_reservation_follows_a_retried_port() {
     // RFC 8656 §7.2: the reserved port is the one just above the relayed port. When the
@@ -210,6 +224,9 @@ fn even_port_reservation_follows_a_retried_port() {
     assert_eq!(b.port, port + 1, "reserved port is relayed port + 1");
 }
 
+/// RFC 8656 §7.2: "the server uses the previously reserved transport address corresponding to
+/// the included token (if it is still available)"; §7.4: 508 when "the one that was reserved is
+/// no longer available".
 #[test]
 fn reserved_port_in_use_is_508_not_another_port() {
     // RFC 8656 §7.2: RESERVATION-TOKEN asks for the reserved port itself (the neighbour of an

@@ -7,6 +7,9 @@ use crate::harness::*;
 // 9. Unknown attributes
 // ---------------------------------------------------------------------------------------
 
+/// RFC 8489 §6.3.1: unknown comprehension-required attributes get 420 (Unknown Attribute) with
+/// an UNKNOWN-ATTRIBUTES attribute listing them; unknown comprehension-optional ones are
+/// ignored.
 #[test]
 fn unknown_comprehension_required_attribute_is_420() {
     let mut h = Harness::new();
@@ -50,6 +53,8 @@ fn unknown_comprehension_required_attribute_is_420() {
     );
 }
 
+/// RFC 8489 §6.3.1 and §9.2.4: the unknown-attribute check comes after authentication, so the
+/// 420 to an authenticated request is signed.
 #[test]
 fn unknown_attribute_in_authenticated_request_gets_signed_420() {
     // RFC 8489 §6.3.1: the unknown-attribute check comes after the authentication checks,
@@ -77,6 +82,8 @@ fn unknown_attribute_in_authenticated_request_gets_signed_420() {
     assert_eq!(r.error_code(), Some(401));
 }
 
+/// RFC 8489 §6.3.1: a request the server cannot process is an error response; an unknown
+/// method is a 400 (Bad Request) of that method.
 #[test]
 fn unknown_method_is_400() {
     let mut h = Harness::new();
@@ -99,6 +106,8 @@ fn message_type(method: u16, class_bits: u16) -> u16 {
     (method & 0x000F) | ((method & 0x0070) << 1) | ((method & 0x0F80) << 2) | class_bits
 }
 
+/// RFC 8489 §5: the message type interleaves the 12 method bits with the class bits; an error
+/// response carries the request's method whatever its value.
 #[test]
 fn error_response_to_a_method_above_0x00f_keeps_the_method() {
     // stun_codec 0.4.0's `Type::as_u16` shifts method bits 4-6 by 5 and 7-11 by 9 instead
@@ -149,6 +158,9 @@ fn stun_header(message_type: u16, body_len: usize, tid: &[u8]) -> Vec<u8> {
     bytes
 }
 
+/// RFC 8489 §6.3: a message whose first two bits are not zero, whose magic cookie is wrong, whose
+/// length is not a multiple of 4 or does not match, or whose TLVs overrun, is not STUN and is
+/// discarded (counted, DESIGN convention 5).
 #[test]
 fn malformed_datagrams_are_counted_and_dropped() {
     let mut h = Harness::new();
@@ -187,6 +199,9 @@ fn malformed_datagrams_are_counted_and_dropped() {
     assert_eq!(h.server.allocation_count(), 0);
 }
 
+/// RFC 8489 §6.3.1: a malformed request gets 400 (Bad Request), after the authentication
+/// checks of §9.2.4 (so an unauthenticated one is challenged first); an indication is never
+/// answered (§6.3.2), so a malformed one is silently dropped.
 #[test]
 fn undecodable_attribute_in_request_is_400_and_in_indication_is_dropped() {
     let mut h = Harness::new();
@@ -209,6 +224,8 @@ fn undecodable_attribute_in_request_is_400_and_in_indication_is_dropped() {
     assert_eq!(h.server.counters().malformed, 1);
 }
 
+/// RFC 8489 §14.7: FINGERPRINT "MUST be the last attribute in the message"; project rule: a
+/// response carries FINGERPRINT iff the request had a valid one, error responses included.
 #[test]
 fn bad_request_mirrors_a_valid_fingerprint() {
     // The project's rule: FINGERPRINT on a response iff the request had a valid one. A
@@ -260,6 +277,9 @@ fn check_fuzz_outputs(outputs: &[Output], from: SocketAddr, datagram: &[u8]) {
     }
 }
 
+/// DESIGN convention 5: "work per datagram is bounded whatever the datagram says": random and
+/// mutated datagrams from clients and peers are answered at most once, to their sender, and
+/// create no state.
 #[test]
 fn random_datagrams_never_panic_or_create_state() {
     let mut h = Harness::new();

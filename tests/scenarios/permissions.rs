@@ -7,6 +7,10 @@ use crate::harness::*;
 // 11. CreatePermission and Send
 // ---------------------------------------------------------------------------------------
 
+/// RFC 8656 §10.2: the server "installs or refreshes a permission for the IP address contained
+/// in each XOR-PEER-ADDRESS attribute [...] The port portion of each attribute is ignored";
+/// one refused peer (403, 443) refuses the whole request and installs nothing; no peer is 400,
+/// no allocation 437.
 #[test]
 fn create_permission_installs_all_or_none() {
     let mut h = Harness::new();
@@ -60,6 +64,10 @@ fn create_permission_installs_all_or_none() {
     );
 }
 
+/// RFC 8656 §11.2: "The server also checks that there is a permission installed for the IP
+/// address contained in the XOR-PEER-ADDRESS attribute"; otherwise the indication is silently
+/// discarded. §11.1: a permission "prevents a third party from using a TURN server to send data
+/// to arbitrary destinations."
 #[test]
 fn send_indication_is_forwarded_with_permission_only() {
     let mut h = Harness::new();
@@ -112,6 +120,9 @@ fn send_indication_is_forwarded_with_permission_only() {
 // Beyond the list: bounds, quotas, rate limits, IPv6 relaying, deferred socket opening
 // ---------------------------------------------------------------------------------------
 
+/// RFC 8656 §10.2 and §12.2: "If the request is valid, but the server is unable to fulfill the
+/// request due to some capacity limit or similar, the server replies with a 508 (Insufficient
+/// Capacity) error."
 #[test]
 fn permissions_and_channels_are_bounded_per_allocation() {
     let mut h = Harness::new();
@@ -167,6 +178,8 @@ fn create_permission_req(client: &Client, peers: &[SocketAddr]) -> Req {
         })
 }
 
+/// RFC 8656 §10.2: a CreatePermission "MAY contain multiple" XOR-PEER-ADDRESS attributes, and
+/// the server installs a permission for each; up to our cap of 64.
 #[test]
 fn create_permission_with_64_peers_installs_them_all() {
     let mut h = Harness::new();
@@ -189,6 +202,8 @@ fn create_permission_with_64_peers_installs_them_all() {
     assert_eq!(r.types(), vec![t::ERROR_CODE, t::MESSAGE_INTEGRITY]);
 }
 
+/// RFC 8656 §10.2: over a capacity limit the answer is 508 (Insufficient Capacity); project rule
+/// (README): the 65th peer is refused before any peer is looked at.
 #[test]
 fn create_permission_past_64_peers_is_508_before_any_peer_is_judged() {
     let mut h = Harness::new();
@@ -228,6 +243,9 @@ fn create_permission_past_64_peers_is_508_before_any_peer_is_judged() {
     assert_eq!(h.server.gauges(h.now().instant).permissions, [64, 0]);
 }
 
+/// RFC 8656 §9: "If a permission for that IP address already exists, then the time-to-expiry
+/// for that permission is reset to Permission Lifetime"; §12: after a channel binding expires
+/// the number and the peer stay reserved 5 minutes, and rebinding the same pair is allowed.
 #[test]
 fn permission_refresh_and_channel_rebind_during_the_hold() {
     let mut h = Harness::new();

@@ -3,6 +3,9 @@
 
 use crate::harness::*;
 
+/// RFC 8656 §7.2 item 10: "the server MAY choose to reject the request with a 486 (Allocation
+/// Quota Reached) error [...] it SHOULD define it based on the username"; 508 when the server
+/// is full; expiry gives the quota back.
 #[test]
 fn allocation_quotas() {
     let mut h = Harness::with_config(Config {
@@ -49,6 +52,8 @@ fn allocation_quotas() {
     h.allocate(&a3);
 }
 
+/// RFC 8656 §7.2 item 10: the quota counts allocations; one that failed (508) counts for
+/// nothing.
 #[test]
 fn failed_allocation_does_not_use_up_the_quota() {
     let mut h = Harness::with_config(Config {
@@ -68,6 +73,9 @@ fn failed_allocation_does_not_use_up_the_quota() {
     h.allocate(&c);
 }
 
+/// RFC 8489 §6.2.1 and DESIGN ("Unauthenticated answers are bounded in bytes per source"): a
+/// spoofed victim gets at most three bytes per byte sent, while ordinary clients and every
+/// authenticated request are always answered.
 #[test]
 fn unauthenticated_answers_never_exceed_three_times_the_request() {
     // Admission by byte credit: a header-only Allocate (20 bytes) earns 60 bytes, and its

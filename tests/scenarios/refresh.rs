@@ -7,6 +7,10 @@ use crate::harness::*;
 // 5. Refresh
 // ---------------------------------------------------------------------------------------
 
+/// RFC 8656 §8.2: "if the request contains a LIFETIME attribute, then the server computes the
+/// minimum of the client's requested lifetime and the server's maximum allowed lifetime"; the
+/// success response contains "A LIFETIME attribute containing the current value of the
+/// time-to-expiry timer."
 #[test]
 fn refresh_updates_the_lifetime_with_a_cap() {
     let mut h = Harness::new();
@@ -40,6 +44,9 @@ fn refresh_updates_the_lifetime_with_a_cap() {
     assert_eq!(h.server.allocation_count(), 0);
 }
 
+/// RFC 8656 §8.2: "If this computed value is greater than the default lifetime, then the
+/// 'desired lifetime' is the computed value. Otherwise, the 'desired lifetime' is the default
+/// lifetime."
 #[test]
 fn refresh_shorter_than_default_gets_the_default() {
     // RFC 8656 §7.3: a non-zero requested lifetime below the default is raised to the
@@ -51,6 +58,9 @@ fn refresh_shorter_than_default_gets_the_default() {
     assert_eq!(lifetime_of(&r), 600);
 }
 
+/// RFC 8656 §8.2: "if the request contains a LIFETIME attribute and the attribute value is
+/// zero, then the 'desired lifetime' is zero" and "If the 'desired lifetime' is zero, then the
+/// request succeeds and the allocation is deleted."
 #[test]
 fn refresh_with_zero_lifetime_deletes() {
     let mut h = Harness::new();
@@ -86,6 +96,9 @@ fn refresh_with_zero_lifetime_deletes() {
     assert_eq!(h.server.counters().peer_no_allocation, 1);
 }
 
+/// RFC 8656 §8.3: a Refresh on a 5-tuple without allocation is 437 (Allocation Mismatch); §5:
+/// other credentials than the allocation's are 441 (Wrong Credentials); §8.2: a
+/// REQUESTED-ADDRESS-FAMILY the allocation does not have is 443 (Peer Address Family Mismatch).
 #[test]
 fn refresh_without_allocation_or_by_another_user() {
     let mut h = Harness::new();
@@ -117,6 +130,9 @@ fn refresh_without_allocation_or_by_another_user() {
 // 8. Expiry with virtual time
 // ---------------------------------------------------------------------------------------
 
+/// RFC 8656 §9: "The Permission Lifetime MUST be 300 seconds (= 5 minutes)"; §12: "A channel
+/// binding lasts for 10 minutes unless refreshed"; §6: an allocation expires at its
+/// time-to-expiry, and "If an allocation expires, all its permissions expire with it."
 #[test]
 fn permissions_channels_and_allocations_expire_on_time() {
     let mut h = Harness::new();
@@ -185,6 +201,8 @@ fn permissions_channels_and_allocations_expire_on_time() {
     assert_eq!(h.timeout(), vec![]);
 }
 
+/// RFC 8656 §6: "When an allocation expires, the state data associated with the allocation can
+/// be freed"; DESIGN: fires are hints, a late `handle_timeout` expires everything due.
 #[test]
 fn late_timeout_expires_several_allocations_at_once() {
     let mut h = Harness::new();
@@ -207,6 +225,8 @@ fn late_timeout_expires_several_allocations_at_once() {
     assert_eq!(h.server.allocation_count(), 0);
 }
 
+/// DESIGN: "Fires are hints, state is the truth": an allocation past its time-to-expiry (RFC
+/// 8656 §6) is gone before its timer fires, so the client may allocate again at once.
 #[test]
 fn allocate_after_expiry_before_the_timer_fires_succeeds() {
     // DESIGN: "Fires are hints, state is the truth: an early, late or repeated
@@ -234,6 +254,8 @@ fn allocate_after_expiry_before_the_timer_fires_succeeds() {
     );
 }
 
+/// DESIGN: "an expired allocation is gone for every lookup even before its entry fires"
+/// (RFC 8656 §6, time-to-expiry): requests, ChannelData and peer datagrams alike.
 #[test]
 fn expired_but_unswept_allocation_is_gone_for_every_lookup() {
     // The same rule for every other way to reach an allocation: by the client's 5-tuple

@@ -7,6 +7,8 @@ use crate::harness::*;
 // 4. Relay ports
 // ---------------------------------------------------------------------------------------
 
+/// RFC 8656 §7.4: 508 (Insufficient Capacity): "The server has no more relayed transport
+/// addresses available"; a deleted allocation's port is available again.
 #[test]
 fn port_exhaustion_is_508() {
     let mut h = Harness::with_config(Config {
@@ -40,6 +42,8 @@ fn port_exhaustion_is_508() {
     assert_eq!(third.port, first.port);
 }
 
+/// RFC 8656 §7.2: "the server allocates any available relayed transport address": a port the
+/// OS refuses (address in use) is not available, so another one is tried.
 #[test]
 fn address_in_use_is_retried_on_another_port() {
     let mut h = Harness::with_config(Config {
@@ -92,6 +96,8 @@ fn address_in_use_is_retried_on_another_port() {
     assert!(h.peer(*allocation, addr("8.8.8.9:1"), b"y").is_some());
 }
 
+/// RFC 8656 §7.2 (any available relayed transport address) and §7.4 (508 when none is): binds
+/// that fail are retried on other ports up to a bound, then 508 with every port back.
 #[test]
 fn address_in_use_is_retried_until_the_attempt_limit() {
     let mut h = Harness::with_config(Config {
@@ -162,6 +168,8 @@ fn address_in_use_is_retried_until_the_attempt_limit() {
     assert_eq!(h.server.counters().relay_open_failed, 8);
 }
 
+/// RFC 8656 §7.4: a relay socket that cannot be opened is 508 (Insufficient Capacity); nothing
+/// of the attempt remains.
 #[test]
 fn bind_failure_other_is_508_and_returns_the_port() {
     let mut h = Harness::with_config(Config {
@@ -195,6 +203,9 @@ fn bind_failure_other_is_508_and_returns_the_port() {
     h.allocate(&c);
 }
 
+/// RFC 8656 §7.2 (one allocation per 5-tuple) with the driver opening sockets asynchronously
+/// (DESIGN convention 6): a retransmission while the socket opens gets no second answer and no
+/// second socket, then the stored success.
 #[test]
 fn allocate_retransmitted_while_the_socket_opens_is_answered_once() {
     let mut h = Harness::new();
@@ -220,6 +231,9 @@ fn allocate_retransmitted_while_the_socket_opens_is_answered_once() {
     assert_eq!(again.bytes, r.bytes);
 }
 
+/// DESIGN convention 6 (fallible I/O is a request plus a completion): a completion for an
+/// allocation that is gone closes its socket and never reaches the next allocation in the same
+/// slot, and its port stays taken until then.
 #[test]
 fn stale_relay_completion_is_not_applied_to_a_reused_allocation_id() {
     // OpenRelay/handle_relay_opened is a request and a completion. A completion for an
