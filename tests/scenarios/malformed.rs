@@ -101,9 +101,9 @@ fn unknown_method_is_400() {
     assert_eq!(h.server.counters().unexpected_stun, 2);
 }
 
-/// STUN message type of `method` and class bits (RFC 8489 §5).
+/// STUN message type of `method` and class bits (RFC 8489 §5), by the tests' encoder.
 fn message_type(method: u16, class_bits: u16) -> u16 {
-    (method & 0x000F) | ((method & 0x0070) << 1) | ((method & 0x0F80) << 2) | class_bits
+    stun_encoder::message_type(stun_encoder::Class::of(class_bits), method)
 }
 
 /// RFC 8489 §5: the message type interleaves the 12 method bits with the class bits; an error
