@@ -161,16 +161,12 @@ impl Req {
     }
 }
 
-/// Appends one TLV (zero-padded) and fixes the header's length field.
+/// Appends one TLV (zero-padded) to a finished message and fixes the header's length field
+/// (e.g. an attribute after MESSAGE-INTEGRITY, which a sender never writes).
 pub fn append_raw(bytes: &mut Vec<u8>, kind: u16, value: &[u8]) {
-    bytes.extend_from_slice(&kind.to_be_bytes());
-    bytes.extend_from_slice(&(value.len() as u16).to_be_bytes());
-    bytes.extend_from_slice(value);
-    while !bytes.len().is_multiple_of(4) {
-        bytes.push(0);
-    }
-    let body = (bytes.len() - 20) as u16;
-    bytes[2..4].copy_from_slice(&body.to_be_bytes());
+    let mut message = Encoder::resume(std::mem::take(bytes));
+    message.tlv(kind, value);
+    *bytes = message.bytes();
 }
 
 /// The (type, value) TLVs of a well-framed STUN message, in order.
