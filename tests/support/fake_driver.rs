@@ -65,7 +65,7 @@ pub struct FakeDriver {
     /// The relay sockets open now, by `RelayId.0` (closed ones are forgotten, so that a
     /// million allocations one after another cost no memory).
     pub open: BTreeMap<usize, RelaySocket>,
-    /// The ports bound by open sockets or binds in flight.
+    /// The addresses open sockets are bound to (binds in flight are in `deferred`).
     bound: BTreeMap<SocketAddr, RelayId>,
     /// Walk the core's invariants after every input (off only for loops of millions).
     pub check_every_input: bool,
