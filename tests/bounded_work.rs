@@ -5,15 +5,17 @@
 //! Binding RTT percentiles, idle and under each flood (README, Security).
 
 mod common;
+#[path = "support/stun_encoder.rs"]
+mod stun_encoder;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::stun_encoder::codec::Attribute;
 use bytecodec::DecodeExt;
 use common::{Client, RelayProcess, credentials};
-use relay::core::message::{self, Attribute};
 use stun_codec::rfc5389::attributes::ErrorCode;
 use stun_codec::rfc5389::methods::BINDING;
 use stun_codec::rfc5766::attributes::{RequestedTransport, XorPeerAddress};
@@ -91,7 +93,7 @@ fn probe_bindings(relay: SocketAddr, stop: &AtomicBool) -> Vec<Duration> {
         tid[..4].copy_from_slice(&n.to_be_bytes());
         let request =
             Message::<Attribute>::new(MessageClass::Request, BINDING, TransactionId::new(tid));
-        let bytes = message::encode(request, None, true);
+        let bytes = stun_encoder::encode_message(&request, None, true);
         let sent = Instant::now();
         socket.send_to(&bytes, relay).expect("send Binding");
         let rtt = loop {

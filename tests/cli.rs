@@ -2,12 +2,14 @@
 //! errors with a non-zero exit, and a usable generated secret when none is given.
 
 mod common;
+#[path = "support/stun_encoder.rs"]
+mod stun_encoder;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Output};
 
+use crate::stun_encoder::codec::Attribute;
 use common::{Client, RelayProcess};
-use relay::core::message::Attribute;
 use stun_codec::MessageClass;
 use stun_codec::rfc5766::attributes::RequestedTransport;
 use stun_codec::rfc5766::methods::ALLOCATE;

@@ -4,13 +4,15 @@
 //! batches and runs fall. A Refresh(0) inside a burst ends the relaying exactly there.
 
 mod common;
+#[path = "support/stun_encoder.rs"]
+mod stun_encoder;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
+use crate::stun_encoder::codec::Attribute;
 use common::{Client, RelayProcess, channel_data, credentials, peer_socket};
-use relay::core::message::Attribute;
 use stun_codec::MessageClass;
 use stun_codec::rfc5766::attributes::{
     ChannelNumber, Lifetime, RequestedTransport, XorPeerAddress, XorRelayAddress,

@@ -10,6 +10,8 @@
 mod common;
 #[path = "interop/harness.rs"]
 mod harness;
+#[path = "support/stun_encoder.rs"]
+mod stun_encoder;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;

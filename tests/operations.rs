@@ -2,14 +2,16 @@
 //! secret rotation and the `credentials` subcommand.
 
 mod common;
+#[path = "support/stun_encoder.rs"]
+mod stun_encoder;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::stun_encoder::codec::Attribute;
 use common::{Client, RelayProcess, channel_data, http_get, peer_socket};
-use relay::core::message::Attribute;
 use stun_codec::MessageClass;
 use stun_codec::rfc5389::methods::BINDING;
 use stun_codec::rfc5766::attributes::{
@@ -234,7 +236,7 @@ fn sigterm_exits_zero_and_releases_ports() {
     ]);
     let (username, password) = (
         "9999999999:x".to_owned(),
-        relay::core::credentials::rest_api_password(b"x", "9999999999:x"),
+        stun_encoder::rest_password(b"x", "9999999999:x"),
     );
     let mut client = Client::new(relay.addr, &username, &password);
     let relayed = client
@@ -287,7 +289,7 @@ fn credentials_from_any_listed_secret_are_accepted() {
     }
     let (username, password) = (
         "9999999999:z".to_owned(),
-        relay::core::credentials::rest_api_password(b"retired", "9999999999:z"),
+        stun_encoder::rest_password(b"retired", "9999999999:z"),
     );
     let mut client = Client::new(relay.addr, &username, &password);
     assert_eq!(
@@ -312,10 +314,7 @@ fn credentials_subcommand_prints_text_and_rejects_bad_input() {
         .lines()
         .find_map(|l| l.strip_prefix("password: "))
         .expect("password line");
-    assert_eq!(
-        password,
-        relay::core::credentials::rest_api_password(b"s", username)
-    );
+    assert_eq!(password, stun_encoder::rest_password(b"s", username));
     let failed = Command::new(env!("CARGO_BIN_EXE_relay"))
         .args(["credentials", "--auth-secret", ""])
         .output()
@@ -341,7 +340,7 @@ fn credentials_subcommand_mints_from_the_first_secret_of_a_rotation_list() {
     let (username, password) = (field("username"), field("password"));
     assert_eq!(
         password,
-        relay::core::credentials::rest_api_password(b"new-secret", &username),
+        stun_encoder::rest_password(b"new-secret", &username),
         "{json}"
     );
 }

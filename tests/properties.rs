@@ -1,6 +1,6 @@
 //! Property tests of the core's invariants: proptest generates whole scenarios (client
 //! requests, garbage, peer datagrams, relay-socket completions and time steps) and the fuzz
-//! harness's fake driver (fuzz/harness/core_driver.rs) runs them, checking after every input
+//! harness (fuzz/harness/core_driver.rs, on the one fake driver of tests/support/) runs them, checking after every input
 //! `invariant_violations()` and what a driver sees (well-formed outputs, sockets closed once,
 //! data intact and to the owner, lifetimes within bounds), and at the end that everything
 //! expired leaves no allocation, port, socket, timer or per-client state.
@@ -10,6 +10,10 @@
 
 #[path = "../fuzz/harness/core_driver.rs"]
 mod core_driver;
+#[path = "support/fake_driver.rs"]
+mod fake_driver;
+#[path = "support/stun_encoder.rs"]
+mod stun_encoder;
 
 use core_driver::{
     Auth, ChannelChoice, Datagram, Driver, FamilyRequest, Method, NonceMode, Op, OpenResult,

@@ -6,15 +6,19 @@
 //! on the real binary over loopback UDP.
 
 mod common;
+#[path = "support/fake_driver.rs"]
+mod fake_driver;
 #[path = "support/stun_client.rs"]
 mod stun_client;
+#[path = "support/stun_encoder.rs"]
+mod stun_encoder;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::ops::{Deref, DerefMut};
+use std::time::Duration;
 
-use relay::core::{
-    Cidr, Config, Family, Footprint, ListenerId, Now, Output, RelayAddress, RelayId, Server,
-};
+use fake_driver::{FakeDriver, Seen, UNIX0, seen};
+use relay::core::{Cidr, Config, Family, Footprint, ListenerId, Output, RelayAddress, RelayId};
 use stun_client::{Creds, Req, Response, types as t};
 use stun_codec::MessageClass;
 use stun_codec::rfc5389::attributes::Software;
@@ -25,7 +29,6 @@ use stun_codec::rfc5766::attributes::{
 use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH, SEND};
 use stun_codec::rfc8656::attributes::{AdditionalAddressFamily, AddressFamily};
 
-const UNIX0: u64 = 1_700_000_000;
 const REALM: &str = "relay.test";
 const SECRET: &[u8] = b"security-secret";
 const LISTENER: ListenerId = ListenerId(0);
@@ -63,13 +66,24 @@ fn config() -> Config {
     }
 }
 
-/// The server, a virtual clock, and a fake driver that opens every relay socket at once.
+/// The one fake driver (`tests/support/fake_driver.rs`, opening every relay socket at
+/// once), with these tests' vocabulary on top.
 struct Harness {
-    server: Server,
-    t0: Instant,
-    elapsed: Duration,
-    next_relay: usize,
+    driver: FakeDriver,
     next_tid: u32,
+}
+
+impl Deref for Harness {
+    type Target = FakeDriver;
+    fn deref(&self) -> &FakeDriver {
+        &self.driver
+    }
+}
+
+impl DerefMut for Harness {
+    fn deref_mut(&mut self) -> &mut FakeDriver {
+        &mut self.driver
+    }
 }
 
 /// A client with its credentials and the nonce the server gave its address.
@@ -88,33 +102,37 @@ impl Client {
 impl Harness {
     fn new(config: Config) -> Self {
         Harness {
-            server: Server::new(config, [9; 32]),
-            t0: Instant::now(),
-            elapsed: Duration::ZERO,
-            next_relay: 0,
+            driver: FakeDriver::new(config, [9; 32]),
             next_tid: 0,
         }
     }
 
-    fn now(&self) -> Now {
-        Now {
-            instant: self.t0 + self.elapsed,
-            unix_secs: UNIX0 + self.elapsed.as_secs(),
-        }
+    /// Moves the clock and fires the timers, which may only close relay sockets; returns
+    /// the ones they closed, in `RelayId` order.
+    fn advance(&mut self, by: Duration) -> Vec<RelayId> {
+        self.driver.advance_clock(by);
+        self.driver.fire_timers();
+        let mut closed: Vec<RelayId> = self
+            .driver
+            .drain()
+            .iter()
+            .map(|output| match output {
+                Output::CloseRelay { relay } => *relay,
+                other => panic!("timers may only close relay sockets, not {other:?}"),
+            })
+            .collect();
+        closed.sort();
+        closed
     }
 
-    fn advance(&mut self, by: Duration) {
-        self.elapsed += by;
-        self.server.handle_timeout(self.now());
-        self.drain();
+    /// The relay sockets open now, in `RelayId` order.
+    fn open_ids(&self) -> Vec<RelayId> {
+        self.open_relays().into_iter().map(|(id, _)| id).collect()
     }
 
     /// Sends raw bytes from a client; returns whether the core forwarded them.
     fn send_bytes(&mut self, from: SocketAddr, bytes: &[u8]) -> bool {
-        assert!(self.server.poll_output().is_none(), "undrained output");
-        self.server
-            .handle_client_datagram(self.now(), LISTENER, from, bytes)
-            .is_some()
+        self.driver.client_datagram(LISTENER, from, bytes).is_some()
     }
 
     fn send(&mut self, from: SocketAddr, mut req: Req) -> bool {
@@ -136,44 +154,39 @@ impl Harness {
         bytes.len()
     }
 
-    /// Every output, answering each OpenRelay with a fresh open socket.
-    fn drain(&mut self) -> Vec<Output> {
-        let mut outputs = Vec::new();
-        while let Some(output) = self.server.poll_output() {
-            if let Output::OpenRelay {
-                allocation, family, ..
-            } = output
-            {
-                self.next_relay += 1;
-                let relay = RelayId(self.next_relay);
-                self.server
-                    .handle_relay_opened(self.now(), allocation, family, Ok(relay));
-            }
-            outputs.push(output);
-        }
-        let broken = self.server.invariant_violations();
-        assert!(broken.is_empty(), "invariants: {broken:#?}");
-        outputs
-    }
-
-    /// Sends a request and returns the one response it gets (after any OpenRelay).
+    /// Sends a request and returns its answer. The outputs must be exactly: the relay
+    /// sockets a successful Allocate opens (one per XOR-RELAYED-ADDRESS, in its order) or
+    /// the ones a request closes (those no longer open after it, in order), then the
+    /// answer to `from` of the request's method.
     fn call(&mut self, from: SocketAddr, req: Req) -> Response {
+        let method = req.method;
+        let open_before = self.open_ids();
         assert!(!self.send(from, req), "a request is not forwarded");
-        let responses: Vec<Response> = self
-            .drain()
+        let outputs = self.drain();
+        let Some(Output::ToClient { bytes, .. }) = outputs.last() else {
+            panic!("no answer last: {outputs:?}");
+        };
+        let r = Response::decode(bytes);
+        let open_after = self.open_ids();
+        let mut expected: Vec<Seen> = open_before
             .iter()
-            .filter_map(|o| match o {
-                Output::ToClient { client, bytes, .. } if *client == from => {
-                    Some(Response::decode(bytes))
-                }
-                _ => None,
-            })
+            .filter(|id| !open_after.contains(id))
+            .map(|id| Seen::close(*id))
             .collect();
-        assert_eq!(responses.len(), 1, "{responses:?}");
-        responses
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| unreachable!())
+        if method == ALLOCATE && r.class() == MessageClass::SuccessResponse {
+            for relayed in r.message.attributes().filter_map(|a| match a {
+                stun_encoder::codec::Attribute::XorRelayAddress(x) => Some(x.address()),
+                _ => None,
+            }) {
+                expected.push(Seen::open(Family::of_addr(relayed)));
+            }
+        }
+        expected.push(match r.error_code() {
+            Some(code) => Seen::error(from, method, code),
+            None => Seen::success(from, method),
+        });
+        assert_eq!(seen(&outputs), expected, "{r:?}");
+        r
     }
 
     fn client(&mut self, from: &str, id: &str) -> Client {
@@ -599,9 +612,9 @@ fn attributes_after_message_integrity_are_ignored() {
     // rules exclude: the MAC is over the message up to it, as RFC 8489 §14.5 says.
     assert!(!h.send_bytes(c.addr, &bytes));
     let outputs = h.drain();
-    assert_eq!(outputs.len(), 1, "{outputs:?}");
+    assert_eq!(seen(&outputs), [Seen::success(c.addr, REFRESH)]);
     let Output::ToClient { bytes: answer, .. } = &outputs[0] else {
-        panic!("{outputs:?}");
+        unreachable!("checked above");
     };
     let r = Response::decode(answer);
     assert_eq!(r.class(), MessageClass::SuccessResponse, "{r:?}");
@@ -614,14 +627,7 @@ fn attributes_after_message_integrity_are_ignored() {
     let mut bytes = sign(c.req(REFRESH));
     stun_client::append_raw(&mut bytes, 0x0031, b"junk");
     h.send_bytes(c.addr, &bytes);
-    let outputs = h.drain();
-    let Output::ToClient { bytes: answer, .. } = &outputs[0] else {
-        panic!("{outputs:?}");
-    };
-    assert_eq!(
-        Response::decode(answer).class(),
-        MessageClass::SuccessResponse
-    );
+    assert_eq!(seen(&h.drain()), [Seen::success(c.addr, REFRESH)]);
 }
 
 /// A tiny deterministic generator for the flood (no dependency, reproducible).
@@ -690,20 +696,36 @@ fn unauthenticated_floods_from_many_sources_leave_no_state() {
                     bytes[0] = 0x40;
                 }
                 assert!(!h.send_bytes(from, &bytes));
-                answered += h.drain().len();
+                let outputs = h.drain();
+                if let [Output::ToClient { bytes: answer, .. }] = outputs.as_slice() {
+                    // Garbage that happens to be a STUN request: an error answer, no state.
+                    let answer = Response::decode(answer);
+                    let method = stun_codec::Method::new(answer.message.method().as_u16())
+                        .unwrap_or_else(|_| unreachable!());
+                    let code = answer.error_code().expect("an error");
+                    assert_eq!(seen(&outputs), [Seen::error(from, method, code)]);
+                } else {
+                    assert_eq!(seen(&outputs), [], "garbage from {from}");
+                }
+                answered += outputs.len();
                 continue;
             }
         };
+        let method = req.method;
         assert!(!h.send(from, req), "nothing is forwarded");
         let outputs = h.drain();
-        assert!(outputs.len() <= 1);
-        for output in &outputs {
-            assert!(matches!(output, Output::ToClient { client, .. } if *client == from));
+        if let [Output::ToClient { bytes: answer, .. }] = outputs.as_slice() {
+            // Unauthenticated or forged: an error answer to the sender (or none, once its
+            // byte credit is spent), never state.
+            let code = Response::decode(answer).error_code().expect("an error");
+            assert_eq!(seen(&outputs), [Seen::error(from, method, code)]);
+        } else {
+            assert_eq!(seen(&outputs), [], "source {i}");
         }
         answered += outputs.len();
         assert_eq!(h.server.footprint(), empty, "state after source {i}");
         if i % 1000 == 0 {
-            h.advance(Duration::from_millis(100));
+            assert_eq!(h.advance(Duration::from_millis(100)), []);
         }
     }
     assert!(answered > 0);
@@ -726,21 +748,36 @@ fn a_burst_from_one_spoofed_source_is_answered_a_bounded_number_of_times() {
     // times with a victim's address: the victim gets at most 3 bytes per byte sent. The
     // factors measured here are the ones the README states.
     let victim = sa("8.8.8.8:53");
-    let kinds: Vec<(&str, Req)> = vec![
-        ("Binding success", Req::request(BINDING)),
-        ("401 (header-only Allocate)", Req::request(ALLOCATE)),
+    let unknown = stun_codec::Method::new(0x00F).unwrap_or_else(|_| unreachable!());
+    let kinds: Vec<(&str, Req, Seen)> = vec![
+        (
+            "Binding success",
+            Req::request(BINDING),
+            Seen::success(victim, BINDING),
+        ),
+        (
+            "401 (header-only Allocate)",
+            Req::request(ALLOCATE),
+            Seen::error(victim, ALLOCATE, 401),
+        ),
         (
             "401 (Allocate with REQUESTED-TRANSPORT)",
             Req::request(ALLOCATE).attr(RequestedTransport::new(17)),
+            Seen::error(victim, ALLOCATE, 401),
         ),
         (
             "400 (unknown method)",
-            Req::request(stun_codec::Method::new(0x00F).unwrap()),
+            Req::request(unknown),
+            Seen::error(victim, unknown, 400),
         ),
-        ("420 (Binding)", Req::request(BINDING).raw(0x7FAA, b"")),
+        (
+            "420 (Binding)",
+            Req::request(BINDING).raw(0x7FAA, b""),
+            Seen::error(victim, BINDING, 420),
+        ),
     ];
     let mut h = Harness::new(config());
-    for (name, req) in kinds {
+    for (name, req, answer) in kinds {
         // A fresh relay per kind: credit banked by one kind's small answers (up to 1024
         // bytes) would otherwise show in the next kind's figure.
         h = Harness::new(config());
@@ -748,9 +785,13 @@ fn a_burst_from_one_spoofed_source_is_answered_a_bounded_number_of_times() {
         for _ in 0..10_000u32 {
             let bytes = h.send_bytes_of(victim, req.clone());
             sent += bytes;
-            for output in h.drain() {
+            let outputs = h.drain();
+            if !outputs.is_empty() {
+                assert_eq!(seen(&outputs), std::slice::from_ref(&answer), "{name}");
+            }
+            for output in outputs {
                 let Output::ToClient { bytes, .. } = output else {
-                    panic!("{output:?}");
+                    unreachable!("checked above");
                 };
                 received += bytes.len();
             }
@@ -791,7 +832,9 @@ fn quotas_486_per_user_and_508_in_total() {
     assert_eq!(h.server.allocation_count(), 12);
     assert_eq!(h.server.footprint().users_with_allocations, 2);
     // Everything expires: the quota and the state go back to zero.
-    h.advance(Duration::from_secs(601));
+    let open = h.open_ids();
+    assert_eq!(open.len(), 24, "12 dual-stack allocations");
+    assert_eq!(h.advance(Duration::from_secs(601)), open);
     assert_eq!(h.server.footprint(), Footprint::default());
 }
 
@@ -827,7 +870,7 @@ fn relay_families_and_policy_for_the_test_config() {
 mod over_udp {
     use std::net::{SocketAddr, UdpSocket};
 
-    use relay::core::message::Attribute;
+    use crate::stun_encoder::codec::Attribute;
     use stun_codec::MessageClass;
     use stun_codec::rfc5766::attributes::{
         ChannelNumber, RequestedTransport, XorPeerAddress, XorRelayAddress,
@@ -1092,8 +1135,11 @@ mod over_udp {
                 } else {
                     None
                 };
-                let bytes =
-                    relay::core::message::encode(request, key.as_ref().map(|k| &k[..]), false);
+                let bytes = crate::stun_encoder::encode_message(
+                    &request,
+                    key.as_ref().map(|k| &k[..]),
+                    false,
+                );
                 let _ = socket.send_to(&bytes, relay);
                 while socket.recv_from(&mut buf).is_ok() {
                     answers += 1;
@@ -1199,7 +1245,7 @@ mod loops_over_udp {
     use std::net::{SocketAddr, UdpSocket};
     use std::time::{Duration, Instant};
 
-    use relay::core::message::Attribute;
+    use crate::stun_encoder::codec::Attribute;
     use stun_codec::rfc5389::methods::BINDING;
     use stun_codec::rfc5766::attributes::{
         ChannelNumber, Data, RequestedTransport, XorPeerAddress, XorRelayAddress,
@@ -1366,27 +1412,20 @@ mod loops_over_udp {
 // State bounded by live state (issue 10, item 1)
 // ---------------------------------------------------------------------------------------
 
-/// Answers every OpenRelay at once and drops the rest, without the per-input invariant walk
-/// (for the million-cycle loop); returns the client answers' error codes (0 for success).
-fn drain_fast(h: &mut Harness) -> Vec<u16> {
-    let mut codes = Vec::new();
-    while let Some(output) = h.server.poll_output() {
-        match output {
-            Output::OpenRelay {
-                allocation, family, ..
-            } => {
-                h.next_relay += 1;
-                let relay = RelayId(h.next_relay);
-                h.server
-                    .handle_relay_opened(h.now(), allocation, family, Ok(relay));
-            }
+/// The kind of each output ("open", "close", "answer") with the answer's error code (0 for
+/// success), without the per-input invariant walk (for the million-cycle loop).
+fn drain_fast(h: &mut Harness) -> Vec<(&'static str, u16)> {
+    h.driver.check_every_input = false;
+    h.drain()
+        .iter()
+        .map(|output| match output {
+            Output::OpenRelay { .. } => ("open", 0),
             Output::ToClient { bytes, .. } => {
-                codes.push(Response::decode(&bytes).error_code().unwrap_or(0));
+                ("answer", Response::decode(bytes).error_code().unwrap_or(0))
             }
-            Output::CloseRelay { .. } => {}
-        }
-    }
-    codes
+            Output::CloseRelay { .. } => ("close", 0),
+        })
+        .collect()
 }
 
 #[test]
@@ -1409,13 +1448,16 @@ fn a_million_allocate_and_delete_cycles_leave_the_footprint_at_baseline() {
     let delete = delete.build();
     for cycle in 0..1_000_000u32 {
         h.send_bytes(c.addr, &allocate);
-        assert_eq!(drain_fast(&mut h), vec![0], "Allocate, cycle {cycle}");
+        let opened = [("open", 0), ("answer", 0)];
+        assert_eq!(drain_fast(&mut h), opened, "Allocate, cycle {cycle}");
         assert_eq!(h.server.footprint().timer_entries, 1);
         h.send_bytes(c.addr, &delete);
-        assert_eq!(drain_fast(&mut h), vec![0], "Refresh(0), cycle {cycle}");
+        let closed = [("close", 0), ("answer", 0)];
+        assert_eq!(drain_fast(&mut h), closed, "Refresh(0), cycle {cycle}");
         if cycle % 100_000 == 0 {
-            h.elapsed += Duration::from_millis(10);
-            h.server.handle_timeout(h.now());
+            h.driver.advance_clock(Duration::from_millis(10));
+            h.driver.fire_timers();
+            assert_eq!(drain_fast(&mut h), [], "timers, cycle {cycle}");
             assert_eq!(h.server.footprint(), Footprint::default(), "cycle {cycle}");
         }
     }
@@ -1438,13 +1480,12 @@ fn refreshes_with_ever_shorter_lifetimes_keep_one_timer_entry() {
         );
     }
     // The entry moved to the last deadline: the allocation ends at 600 s, not earlier.
-    assert_eq!(
-        h.server.poll_timeout(),
-        Some(h.t0 + Duration::from_secs(600))
-    );
-    h.advance(Duration::from_secs(599));
+    assert_eq!(h.server.poll_timeout(), Some(h.at(600)));
+    assert_eq!(h.advance(Duration::from_secs(599)), []);
     assert_eq!(h.server.allocation_count(), 1);
-    h.advance(Duration::from_secs(1));
+    let open = h.open_ids();
+    assert_eq!(open.len(), 2, "one dual-stack allocation");
+    assert_eq!(h.advance(Duration::from_secs(1)), open);
     assert_eq!(h.server.footprint(), Footprint::default());
 }
 
@@ -1524,7 +1565,8 @@ fn a_reservation_holds_a_quota_slot_and_a_total_slot_until_claimed_or_expired() 
     assert_eq!(h.code(&b, even_port_allocate(&b)), Some(508));
     let r = h.call(b.addr, b.req(ALLOCATE).attr(RequestedTransport::new(17)));
     assert_eq!(r.class(), MessageClass::SuccessResponse, "{r:?}");
-    h.advance(Duration::from_secs(601));
+    let open = h.open_ids();
+    assert_eq!(h.advance(Duration::from_secs(601)), open);
     assert_eq!(h.server.footprint(), Footprint::default());
 }
 
@@ -1542,9 +1584,9 @@ fn an_expired_reservation_gives_its_slot_back() {
     assert_eq!(h.code(&a, delete), None);
     assert_eq!(h.server.footprint().reservations, 1);
     assert_eq!(h.server.footprint().timer_entries, 1);
-    h.advance(Duration::from_secs(29));
+    assert_eq!(h.advance(Duration::from_secs(29)), []);
     assert_eq!(h.code(&a, even_port_allocate(&a)), Some(486));
-    h.advance(Duration::from_secs(1));
+    assert_eq!(h.advance(Duration::from_secs(1)), []);
     assert_eq!(h.server.footprint().reservations, 0);
     assert_eq!(h.code(&a, even_port_allocate(&a)), None);
 }

@@ -3,6 +3,8 @@
 //! tests; tests/run points `RELAY_BIN` at the static musl build to check that one.
 
 mod common;
+#[path = "support/stun_encoder.rs"]
+mod stun_encoder;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -18,6 +18,8 @@
 //! `RELAY_SOAK_SECONDS=600 cargo test --release --test soak -- --nocapture` is the long form.
 
 mod common;
+#[path = "support/stun_encoder.rs"]
+mod stun_encoder;
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
@@ -26,8 +28,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::stun_encoder::codec::Attribute;
 use common::{Client, RelayProcess, channel_data, credentials};
-use relay::core::message::Attribute;
 use stun_codec::MessageClass;
 use stun_codec::rfc5766::attributes::{
     ChannelNumber, Data, Lifetime, RequestedTransport, XorPeerAddress, XorRelayAddress,
@@ -232,7 +234,7 @@ fn client_cycle(relay: SocketAddr, source: Ipv4Addr, peer: SocketAddr, n: u64, t
     send.add_attribute(Attribute::Data(Data::new(payload.clone()).expect("data")));
     client
         .socket
-        .send_to(&relay::core::message::encode(send, None, false), relay)
+        .send_to(&stun_encoder::encode_message(&send, None, false), relay)
         .expect("send");
     tally.sent.fetch_add(1, Ordering::Relaxed);
     if await_frame(&client, &channel_data(channel, &payload)) {

@@ -2,12 +2,14 @@
 //! ChannelData both ways, and the error answers a client can provoke.
 
 mod common;
+#[path = "support/stun_encoder.rs"]
+mod stun_encoder;
 
 use std::net::{SocketAddr, UdpSocket};
 
+use crate::stun_encoder::codec::Attribute;
 use bytecodec::DecodeExt;
 use common::{Client, RelayProcess, channel_data, credentials, peer_socket};
-use relay::core::message::{self, Attribute};
 use stun_codec::rfc5389::attributes::XorMappedAddress;
 use stun_codec::rfc5389::methods::BINDING;
 use stun_codec::rfc5766::attributes::{
@@ -78,12 +80,11 @@ fn binding_reports_the_mapped_address() {
         .address();
     assert_eq!(mapped, client.socket.local_addr().expect("local"));
     // The request carried FINGERPRINT, so the response does, and it checks out.
-    let layout = relay::core::integrity::locate(&response.bytes).expect("layout");
-    let at = layout.fingerprint.expect("FINGERPRINT mirrored");
-    assert!(relay::core::integrity::verify_fingerprint(
-        &response.bytes,
-        at
-    ));
+    assert_eq!(
+        stun_encoder::fingerprint_valid(&response.bytes),
+        Some(true),
+        "FINGERPRINT mirrored, valid and last"
+    );
 }
 
 #[test]
@@ -193,7 +194,7 @@ fn error_answers_over_the_wire() {
     );
     // Expired REST username.
     let expired = format!("{}:carol", common::unix_now() - 10);
-    let password = relay::core::credentials::rest_api_password(common::SECRET.as_bytes(), &expired);
+    let password = stun_encoder::rest_password(common::SECRET.as_bytes(), &expired);
     let mut late = Client::new(relay.addr, &expired, &password);
     assert_eq!(
         late.authenticated(ALLOCATE, vec![udp()]).error_code(),
@@ -220,16 +221,27 @@ fn rewrite_with_raw_channel(
     // Patch the channel number (attribute 0x000C, right after the header), then re-sign.
     assert_eq!(&bytes[20..22], &[0x00, 0x0C]);
     bytes[24..26].copy_from_slice(&number.to_be_bytes());
-    let layout = relay::core::integrity::locate(&bytes).expect("layout");
-    let mi = layout.message_integrity.expect("signed");
-    bytes.truncate(mi);
-    let length = (bytes.len() - 20) as u16;
-    bytes[2..4].copy_from_slice(&length.to_be_bytes());
-    let key =
-        relay::core::credentials::long_term_key(&client.username, &client.realm, &client.password);
-    relay::core::integrity::append_message_integrity(&mut bytes, &key);
-    relay::core::integrity::append_fingerprint(&mut bytes);
-    bytes
+    let mut attributes = stun_encoder::tlvs(&bytes).expect("TLVs");
+    let trailer: Vec<u16> = attributes
+        .split_off(attributes.len() - 2)
+        .into_iter()
+        .map(|(kind, _)| kind)
+        .collect();
+    use stun_encoder::kind::{FINGERPRINT, MESSAGE_INTEGRITY};
+    assert_eq!(
+        trailer,
+        [MESSAGE_INTEGRITY, FINGERPRINT],
+        "signed, then FINGERPRINT"
+    );
+    let id = bytes[8..20].try_into().expect("transaction ID");
+    let class = stun_encoder::Class::Request;
+    let mut resigned = stun_encoder::Encoder::new(class, CHANNEL_BIND.as_u16(), id);
+    for (kind, value) in &attributes {
+        resigned.tlv(*kind, value);
+    }
+    let key = stun_encoder::long_term_key(&client.username, &client.realm, &client.password);
+    resigned.integrity(&key).fingerprint();
+    resigned.bytes()
 }
 
 /// A Send indication from the client to `peer`.
@@ -238,7 +250,7 @@ fn send_indication(client: &mut Client, peer: SocketAddr, payload: &[u8]) {
     let mut indication = Message::new(MessageClass::Indication, SEND, id);
     indication.add_attribute(Attribute::XorPeerAddress(XorPeerAddress::new(peer)));
     indication.add_attribute(Attribute::Data(Data::new(payload.to_vec()).expect("data")));
-    let bytes = message::encode(indication, None, false);
+    let bytes = stun_encoder::encode_message(&indication, None, false);
     client
         .socket
         .send_to(&bytes, client.server)

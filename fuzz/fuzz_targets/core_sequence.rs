@@ -2,6 +2,10 @@
 use libfuzzer_sys::fuzz_target;
 #[path = "../harness/core_driver.rs"]
 mod core_driver;
+#[path = "../../tests/support/fake_driver.rs"]
+mod fake_driver;
+#[path = "../../tests/support/stun_encoder.rs"]
+mod stun_encoder;
 use core_driver::{Driver, Scenario};
 fuzz_target!(|scenario: Scenario| {
     let s = Driver::run(&scenario);

@@ -15,6 +15,10 @@ use relay::core::message::{self, DecodeError, Framing};
 
 #[path = "../harness/core_driver.rs"]
 mod core_driver;
+#[path = "../../tests/support/fake_driver.rs"]
+mod fake_driver;
+#[path = "../../tests/support/stun_encoder.rs"]
+mod stun_encoder;
 
 use core_driver::{
     Auth, ChannelChoice, Datagram, Driver, FamilyRequest, Method, NonceMode, Op, PeerChoice,

@@ -1,15 +1,17 @@
-//! A fake driver for the sans-IO core, shared by the fuzz targets (`fuzz/fuzz_targets/`) and
-//! the property tests (`tests/properties.rs`); both include this file with `#[path]`.
+//! The fuzz and property harness, shared by the fuzz targets (`fuzz/fuzz_targets/`) and
+//! the property tests (`tests/properties.rs`); both include this file with `#[path]`, and
+//! at their root the one fake driver (`tests/support/fake_driver.rs`) and the tests' own
+//! STUN encoder (`tests/support/stun_encoder.rs`) it builds on.
 //!
-//! It plays the driver of DESIGN.md: feeds the core datagrams and time, drains
-//! `poll_output` after every input, answers `OpenRelay` (at once from a script, or later in
-//! request order when the scenario defers completions), and keeps its own books of the relay
-//! sockets it opened. After every call into the core it checks `invariant_violations()` and
-//! what it can see from outside: every output is well-formed, a socket is only closed if it is
-//! open and only once, a port is never handed out while a socket is bound to it, forwarded and
-//! delivered data is intact and goes to the allocation's owner, granted lifetimes are within
-//! RFC 8656 bounds, Refresh(0) frees the allocation, and at the end of a scenario (pending
-//! opens answered, time moved past every lifetime) everything is freed.
+//! It runs an op model through the fake driver, which feeds the core datagrams and time,
+//! drains `poll_output` after every input, answers `OpenRelay` (at once from a script, or
+//! later in request order when the scenario defers completions), and keeps the books of the
+//! relay sockets it opened. After every call into the core it checks `invariant_violations()`
+//! and what it can see from outside: every output is well-formed, a socket is only closed
+//! if it is open and only once, a port is never handed out while a socket is bound to it,
+//! forwarded and delivered data is intact and goes to the allocation's owner, granted
+//! lifetimes are within RFC 8656 bounds, Refresh(0) frees the allocation, and at the end of
+//! a scenario (pending opens answered, time moved past every lifetime) everything is freed.
 //!
 //! The op model is plain data. In the fuzz crate it derives `arbitrary::Arbitrary`; the
 //! property tests (compiled with `cfg(test)`, which fuzz targets never are) build it with
@@ -18,19 +20,18 @@
 //! value is always the ordinary, valid choice, so the fuzzer reaches authenticated state early.
 #![allow(dead_code)]
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::ops::Range;
-use std::time::{Duration, Instant};
+use std::ops::{Deref, DerefMut, Range};
+use std::time::Duration;
 
-use relay::core::credentials::{long_term_key, rest_api_password};
-use relay::core::integrity;
-use relay::core::message::{self, Framing};
 use relay::core::{
-    AllocationId, Config, Family, HEADROOM, Lifetimes, ListenerId, Now, OpenError, Output,
-    RelayAddress, RelayId, Server, TAILROOM,
+    AllocationId, Config, Family, Lifetimes, ListenerId, OpenError, Output, RelayAddress,
 };
 use stun_codec::MessageClass;
+
+use crate::fake_driver::{FakeDriver, OpenAnswer};
+use crate::stun_encoder::{self as enc, Encoder, long_term_key, rest_password};
 
 // ---------------------------------------------------------------------------------------
 // The op model
@@ -91,6 +92,16 @@ pub enum OpenResult {
     Ok,
     AddressInUse,
     Other,
+}
+
+impl OpenResult {
+    pub fn as_result(self) -> Result<(), OpenError> {
+        match self {
+            OpenResult::Ok => Ok(()),
+            OpenResult::AddressInUse => Err(OpenError::AddressInUse),
+            OpenResult::Other => Err(OpenError::Other),
+        }
+    }
 }
 
 /// When the driver calls `handle_timeout` after moving the clock.
@@ -253,7 +264,7 @@ pub enum NonceMode {
 // The fixture
 // ---------------------------------------------------------------------------------------
 
-pub const UNIX0: u64 = 1_700_000_000;
+pub use crate::fake_driver::UNIX0;
 pub const REALM: &str = "relay.test";
 pub const SECRETS: [&[u8]; 2] = [b"north-secret", b"south-secret"];
 pub const PORT_LOW: u16 = 50001;
@@ -262,8 +273,6 @@ pub const PORT_HIGH: u16 = 50008;
 pub const MAX_OPS: usize = 200;
 /// Moved after the last op: more than the longest lifetime (3600 s) plus a channel's hold.
 pub const FINAL_ADVANCE: Duration = Duration::from_secs(3600 + 300 + 1);
-
-const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
 
 pub fn listeners() -> Vec<SocketAddr> {
     vec![
@@ -402,32 +411,33 @@ pub mod method {
 }
 
 impl Reply {
-    /// Parses a datagram the server produced; panics if it is not well-formed STUN.
+    /// Parses a datagram the server produced; panics if it is not well-formed STUN (read
+    /// by the tests' own code, not the core's).
     pub fn parse(bytes: &[u8]) -> Reply {
-        let Framing::Stun(header) = message::classify(bytes) else {
-            panic!("server sent a datagram that is not STUN: {bytes:02x?}");
-        };
-        let layout = integrity::locate(bytes)
-            .unwrap_or_else(|_| panic!("server sent broken TLVs: {bytes:02x?}"));
-        if let Some(at) = layout.fingerprint {
-            assert!(
-                integrity::verify_fingerprint(bytes, at),
-                "server sent a bad FINGERPRINT: {bytes:02x?}"
-            );
-        }
-        let mut attrs = Vec::new();
-        let mut at = 20;
-        while at < bytes.len() {
-            let kind = u16::from_be_bytes([bytes[at], bytes[at + 1]]);
-            let len = usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]));
-            attrs.push((kind, bytes[at + 4..at + 4 + len].to_vec()));
-            at += 4 + len.next_multiple_of(4);
-        }
+        assert!(
+            bytes.len() >= enc::HEADER_LEN
+                && bytes[0] & 0xC0 == 0
+                && bytes[4..8] == enc::MAGIC_COOKIE,
+            "server sent a datagram that is not STUN: {bytes:02x?}"
+        );
+        let attrs =
+            enc::tlvs(bytes).unwrap_or_else(|| panic!("server sent broken TLVs: {bytes:02x?}"));
+        assert_ne!(
+            enc::fingerprint_valid(bytes),
+            Some(false),
+            "server sent a bad FINGERPRINT: {bytes:02x?}"
+        );
+        let message_type = u16::from_be_bytes([bytes[0], bytes[1]]);
         let mut tid = [0u8; 12];
         tid.copy_from_slice(&bytes[8..20]);
         Reply {
-            class: header.class,
-            method: header.method,
+            class: match enc::Class::of(message_type) {
+                enc::Class::Request => MessageClass::Request,
+                enc::Class::Indication => MessageClass::Indication,
+                enc::Class::Success => MessageClass::SuccessResponse,
+                enc::Class::Error => MessageClass::ErrorResponse,
+            },
+            method: enc::method_of(message_type),
             tid,
             attrs,
         }
@@ -473,42 +483,11 @@ impl Reply {
 }
 
 pub fn xor_encode(addr: SocketAddr, tid: &[u8; 12]) -> Vec<u8> {
-    let mut mask = [0u8; 16];
-    mask[..4].copy_from_slice(&MAGIC_COOKIE);
-    mask[4..].copy_from_slice(tid);
-    let port = addr.port() ^ 0x2112;
-    let mut value = vec![0, if addr.is_ipv4() { 1 } else { 2 }];
-    value.extend_from_slice(&port.to_be_bytes());
-    match addr.ip() {
-        IpAddr::V4(v4) => value.extend(v4.octets().iter().zip(mask).map(|(b, m)| b ^ m)),
-        IpAddr::V6(v6) => value.extend(v6.octets().iter().zip(mask).map(|(b, m)| b ^ m)),
-    }
-    value
+    enc::xor_address(addr, tid)
 }
 
 pub fn xor_decode(value: &[u8], tid: &[u8; 12]) -> Option<SocketAddr> {
-    let mut mask = [0u8; 16];
-    mask[..4].copy_from_slice(&MAGIC_COOKIE);
-    mask[4..].copy_from_slice(tid);
-    let port = u16::from_be_bytes([*value.get(2)?, *value.get(3)?]) ^ 0x2112;
-    let ip = match (value.get(1)?, value.len()) {
-        (1, 8) => {
-            let mut o = [0u8; 4];
-            for (i, b) in o.iter_mut().enumerate() {
-                *b = value[4 + i] ^ mask[i];
-            }
-            IpAddr::V4(Ipv4Addr::from(o))
-        }
-        (2, 20) => {
-            let mut o = [0u8; 16];
-            for (i, b) in o.iter_mut().enumerate() {
-                *b = value[4 + i] ^ mask[i];
-            }
-            IpAddr::V6(Ipv6Addr::from(o))
-        }
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, port))
+    enc::xor_address_decode(value, tid)
 }
 
 /// A STUN message: header, the attributes (zero-padded), then MESSAGE-INTEGRITY under `key`
@@ -521,29 +500,21 @@ pub fn build_stun(
     corrupt: bool,
     fingerprint: bool,
 ) -> Vec<u8> {
-    let mut bytes = message_type.to_be_bytes().to_vec();
-    bytes.extend_from_slice(&[0, 0]);
-    bytes.extend_from_slice(&MAGIC_COOKIE);
-    bytes.extend_from_slice(tid);
+    let class = enc::Class::of(message_type);
+    let mut m = Encoder::new(class, enc::method_of(message_type), *tid);
     for (kind, value) in attrs {
-        bytes.extend_from_slice(&kind.to_be_bytes());
-        bytes.extend_from_slice(&(value.len() as u16).to_be_bytes());
-        bytes.extend_from_slice(value);
-        bytes.resize(bytes.len().next_multiple_of(4), 0);
+        m.tlv(*kind, value);
     }
-    let body = (bytes.len() - 20) as u16;
-    bytes[2..4].copy_from_slice(&body.to_be_bytes());
     if let Some(key) = key {
-        integrity::append_message_integrity(&mut bytes, key);
+        m.integrity(key);
         if corrupt {
-            let last = bytes.len() - 1;
-            bytes[last] ^= 0x01;
+            m.flip_last_bit();
         }
     }
     if fingerprint {
-        integrity::append_fingerprint(&mut bytes);
+        m.fingerprint();
     }
-    bytes
+    m.bytes()
 }
 
 /// Test data that tells one byte position from another.
@@ -594,22 +565,6 @@ fn peer_data_len(len: u16) -> usize {
 // The driver
 // ---------------------------------------------------------------------------------------
 
-/// A relay socket the driver opened.
-#[derive(Debug, Clone)]
-pub struct RelaySocket {
-    pub allocation: AllocationId,
-    pub family: Family,
-    pub addr: SocketAddr,
-    pub closed: bool,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct PendingOpen {
-    allocation: AllocationId,
-    family: Family,
-    addr: SocketAddr,
-}
-
 /// What a run did, so that property tests can check they were not vacuous.
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
@@ -625,16 +580,9 @@ pub struct Stats {
 }
 
 pub struct Driver {
-    pub server: Server,
-    t0: Instant,
-    elapsed: Duration,
+    /// The one fake driver: the server, virtual time, the relay sockets.
+    pub fake: FakeDriver,
     deferred: bool,
-    /// Immediate mode: the answers to the next opens (Ok once empty).
-    script: VecDeque<OpenResult>,
-    /// Deferred mode: opens requested and not answered yet, oldest first.
-    pending: VecDeque<PendingOpen>,
-    /// Every relay socket opened, by `RelayId` (never reused).
-    pub relays: Vec<RelaySocket>,
     /// The 5-tuple each allocation ID was created for.
     owners: HashMap<AllocationId, (ListenerId, SocketAddr)>,
     /// The last nonce the server gave each client address.
@@ -648,16 +596,28 @@ pub struct Driver {
     pub stats: Stats,
 }
 
+impl Deref for Driver {
+    type Target = FakeDriver;
+    fn deref(&self) -> &FakeDriver {
+        &self.fake
+    }
+}
+
+impl DerefMut for Driver {
+    fn deref_mut(&mut self) -> &mut FakeDriver {
+        &mut self.fake
+    }
+}
+
 impl Driver {
     pub fn new(seed: u8, deferred_opens: bool) -> Driver {
+        let mut fake = FakeDriver::new(config(), [seed; 32]);
+        if deferred_opens {
+            fake.default_answer = OpenAnswer::Defer;
+        }
         Driver {
-            server: Server::new(config(), [seed; 32]),
-            t0: Instant::now(),
-            elapsed: Duration::ZERO,
+            fake,
             deferred: deferred_opens,
-            script: VecDeque::new(),
-            pending: VecDeque::new(),
-            relays: Vec::new(),
             owners: HashMap::new(),
             nonces: HashMap::new(),
             tokens: Vec::new(),
@@ -667,34 +627,9 @@ impl Driver {
         }
     }
 
-    pub fn now(&self) -> Now {
-        Now {
-            instant: self.t0 + self.elapsed,
-            unix_secs: UNIX0 + self.elapsed.as_secs(),
-        }
-    }
-
-    pub fn check_invariants(&self, after: &str) {
-        let broken = self.server.invariant_violations();
-        assert!(
-            broken.is_empty(),
-            "invariants broken after {after}: {broken:#?}"
-        );
-    }
-
     /// The replies to the last client datagram.
     pub fn last_replies(&self) -> &[Reply] {
         &self.replies
-    }
-
-    /// The relay sockets that are open, in the order they were opened.
-    pub fn open_relays(&self) -> Vec<(RelayId, RelaySocket)> {
-        self.relays
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| !r.closed)
-            .map(|(i, r)| (RelayId(i), r.clone()))
-            .collect()
     }
 
     /// Runs a whole scenario, then `finish`.
@@ -724,12 +659,14 @@ impl Driver {
             }
             Op::RelayOpened(result) => {
                 if self.deferred {
-                    if let Some(open) = self.pending.pop_front() {
-                        self.answer_open(open, *result);
+                    if self.fake.complete_oldest(result.as_result()).is_some() {
                         self.drain();
                     }
                 } else {
-                    self.script.push_back(*result);
+                    self.fake.script.push_back(match result.as_result() {
+                        Ok(()) => OpenAnswer::Ok,
+                        Err(e) => OpenAnswer::Err(e),
+                    });
                 }
             }
             Op::Advance {
@@ -747,10 +684,11 @@ impl Driver {
 
     /// Moves the clock and maybe fires the timers.
     pub fn advance(&mut self, step: Duration, timers: TimerMode) {
-        self.elapsed += step;
-        let now = self.now();
+        self.fake.advance_clock(step);
+        let now = self.fake.now();
         let fire = match timers {
             TimerMode::WhenDue => self
+                .fake
                 .server
                 .poll_timeout()
                 .is_some_and(|at| at <= now.instant),
@@ -758,14 +696,7 @@ impl Driver {
             TimerMode::Never => false,
         };
         if fire {
-            self.server.handle_timeout(now);
-            if let Some(next) = self.server.poll_timeout() {
-                assert!(
-                    next > now.instant,
-                    "poll_timeout is due right after handle_timeout"
-                );
-            }
-            self.check_invariants("handle_timeout");
+            self.fake.fire_timers();
             self.drain();
         }
     }
@@ -773,11 +704,9 @@ impl Driver {
     /// The end of every scenario: the driver answers every open still pending, time moves
     /// past every lifetime and timers fire: then nothing may be left.
     pub fn finish(&mut self) {
-        while let Some(open) = self.pending.pop_front() {
-            self.answer_open(open, OpenResult::Ok);
+        while self.fake.complete_oldest(Ok(())).is_some() {
             self.drain();
         }
-        assert!(self.pending.is_empty(), "opens left pending");
         self.advance(FINAL_ADVANCE, TimerMode::WhenDue);
         assert_eq!(
             self.server.allocation_count(),
@@ -789,7 +718,7 @@ impl Driver {
             [0, 0],
             "ports left in use after every lifetime ran out"
         );
-        let open: Vec<_> = self.open_relays();
+        let open = self.fake.open_relays();
         assert!(open.is_empty(), "relay sockets never closed: {open:?}");
         assert_eq!(
             self.server.poll_timeout(),
@@ -806,9 +735,11 @@ impl Driver {
 
     // --- outputs ------------------------------------------------------------------------
 
-    /// Takes every output, doing what a driver does and checking what it can see.
+    /// Takes every output (the fake driver opens and closes the sockets and checks them),
+    /// checking what this model knows on top: replies go to the client that sent, and each
+    /// allocation's owner.
     fn drain(&mut self) {
-        while let Some(output) = self.server.poll_output() {
+        while let Some(output) = self.fake.next_output() {
             match output {
                 Output::ToClient {
                     listener,
@@ -830,77 +761,16 @@ impl Driver {
                     self.observe(listener, client, &reply);
                     self.replies.push(reply);
                 }
-                Output::OpenRelay {
-                    allocation,
-                    family,
-                    addr,
-                    dont_fragment: _,
-                } => {
-                    let bind = config()
-                        .relay_address(family)
-                        .expect("OpenRelay for a family without relay address")
-                        .bind;
-                    assert_eq!(addr.ip(), bind, "OpenRelay on the wrong address");
-                    assert!(
-                        (PORT_LOW..=PORT_HIGH).contains(&addr.port()),
-                        "OpenRelay on port {} outside the range",
-                        addr.port()
-                    );
-                    assert!(
-                        self.relays.iter().all(|r| r.closed || r.addr != addr),
-                        "OpenRelay for {addr}, which an open relay socket is bound to: {:?}",
-                        self.relays
-                    );
-                    assert!(
-                        self.pending.iter().all(|p| p.addr != addr),
-                        "OpenRelay for {addr} twice"
-                    );
+                Output::OpenRelay { allocation, .. } => {
                     if let Some(current) = self.current {
                         self.owners.insert(allocation, current);
                     }
-                    let open = PendingOpen {
-                        allocation,
-                        family,
-                        addr,
-                    };
-                    if self.deferred {
-                        self.pending.push_back(open);
-                    } else {
-                        let result = self.script.pop_front().unwrap_or(OpenResult::Ok);
-                        self.answer_open(open, result);
-                    }
                 }
-                Output::CloseRelay { relay } => {
-                    let socket = self
-                        .relays
-                        .get_mut(relay.0)
-                        .unwrap_or_else(|| panic!("CloseRelay for {relay:?}, never opened"));
-                    assert!(!socket.closed, "CloseRelay for {relay:?} twice");
-                    socket.closed = true;
-                }
+                Output::CloseRelay { .. } => {}
             }
         }
-    }
-
-    fn answer_open(&mut self, open: PendingOpen, result: OpenResult) {
-        let result = match result {
-            OpenResult::Ok => {
-                let id = RelayId(self.relays.len());
-                self.relays.push(RelaySocket {
-                    allocation: open.allocation,
-                    family: open.family,
-                    addr: open.addr,
-                    closed: false,
-                });
-                self.stats.relays_opened += 1;
-                Ok(id)
-            }
-            OpenResult::AddressInUse => Err(OpenError::AddressInUse),
-            OpenResult::Other => Err(OpenError::Other),
-        };
-        self.server
-            .handle_relay_opened(self.now(), open.allocation, open.family, result);
-        self.check_invariants("handle_relay_opened");
+        self.stats.relays_opened = self.fake.opened;
+        self.fake.check_invariants("draining");
     }
 
     /// Checks one reply on its own and learns nonces and tokens from it.
@@ -947,9 +817,8 @@ impl Driver {
                 let family = Family::of_addr(addr);
                 let public = config().relay_address(family).expect("family").public;
                 assert_eq!(addr.ip(), public, "relayed address is not the public one");
-                let bound = self.relays.iter().any(|r| {
-                    !r.closed
-                        && r.family == family
+                let bound = self.fake.open.values().any(|r| {
+                    r.family == family
                         && r.addr.port() == addr.port()
                         && self.owners.get(&r.allocation) == Some(&(listener, client))
                 });
@@ -957,7 +826,7 @@ impl Driver {
                     bound,
                     "Allocate success names {addr}, but no open relay socket of this client \
                      is bound to that port: {:?}",
-                    self.relays
+                    self.fake.open
                 );
             }
         }
@@ -1034,29 +903,10 @@ impl Driver {
         self.current = Some(client);
         self.replies.clear();
         dump_seed(bytes);
-        let forward = self
-            .server
-            .handle_client_datagram(self.now(), client.0, client.1, bytes);
-        self.check_invariants("handle_client_datagram");
+        let forward = self.fake.client_datagram(client.0, client.1, bytes);
         let result = forward.map(|f| {
-            assert!(
-                f.payload.start <= f.payload.end && f.payload.end <= bytes.len(),
-                "Forward range {:?} outside a {}-byte datagram",
-                f.payload,
-                bytes.len()
-            );
-            let socket = self
-                .relays
-                .get(f.relay.0)
-                .unwrap_or_else(|| panic!("Forward through {:?}, never opened", f.relay));
-            assert!(!socket.closed, "Forward through closed {:?}", f.relay);
             assert_eq!(
-                socket.family,
-                Family::of_addr(f.peer),
-                "Forward to a peer of the other family"
-            );
-            assert_eq!(
-                self.owners.get(&socket.allocation),
+                self.owners.get(&self.fake.relay(f.relay).allocation),
                 Some(&client),
                 "Forward through another client's relay"
             );
@@ -1086,26 +936,16 @@ impl Driver {
         } else {
             open[usize::from(relay) % open.len()].1.allocation
         };
-        let mut buf = vec![0xEEu8; HEADROOM + payload.len() + TAILROOM];
-        buf[HEADROOM..HEADROOM + payload.len()].copy_from_slice(payload);
-        if short_buffer {
-            buf.pop();
-        }
-        let deliver =
-            self.server
-                .handle_peer_datagram(self.now(), allocation, peer, &mut buf, payload.len());
-        self.check_invariants("handle_peer_datagram");
-        if let Some(deliver) = deliver {
-            assert!(!short_buffer, "delivered from a buffer without tailroom");
+        let delivered = self
+            .fake
+            .peer_datagram(allocation, peer, payload, short_buffer);
+        if let Some((deliver, frame)) = delivered {
             assert_eq!(
                 self.owners.get(&allocation),
                 Some(&(deliver.listener, deliver.client)),
                 "delivered to another client than the allocation's"
             );
-            let frame = buf
-                .get(deliver.frame.clone())
-                .unwrap_or_else(|| panic!("Deliver frame {:?} outside the buffer", deliver.frame));
-            check_frame(frame, peer, payload);
+            check_frame(&frame, peer, payload);
             self.stats.delivers += 1;
             if frame[0] < 0x40 {
                 self.stats.data_indications += 1;
@@ -1145,12 +985,12 @@ impl Driver {
         let bytes = self.build_request(client, request, tid, true);
         let allocations_before = self.server.allocation_count();
         let ports_before: usize = self.server.ports_in_use().iter().sum();
-        let own_relays: Vec<usize> = self
-            .relays
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| !r.closed && self.owners.get(&r.allocation) == Some(&client))
-            .map(|(i, _)| i)
+        let own_relays: Vec<_> = self
+            .fake
+            .open_relays()
+            .into_iter()
+            .filter(|(_, r)| self.owners.get(&r.allocation) == Some(&client))
+            .map(|(id, _)| id)
             .collect();
         let forward = self.client_datagram(client, &bytes);
         assert!(forward.is_none(), "a request was forwarded");
@@ -1180,8 +1020,8 @@ impl Driver {
                     !own_relays.is_empty(),
                     "Refresh(0) of an allocation without sockets"
                 );
-                for i in own_relays {
-                    assert!(self.relays[i].closed, "Refresh(0) left relay {i} open");
+                for id in own_relays {
+                    assert!(!self.fake.is_open(id), "Refresh(0) left {id:?} open");
                 }
             }
             Method::Refresh { lifetime, .. } => {
@@ -1317,7 +1157,7 @@ impl Driver {
                 .get(usize::from(auth.secret))
                 .copied()
                 .unwrap_or(b"unknown-secret");
-            let password = rest_api_password(secret, &username);
+            let password = rest_password(secret, &username);
             if auth.omit & 1 == 0 {
                 attrs.push((attr::USERNAME, username.clone().into_bytes()));
             }
@@ -1356,31 +1196,31 @@ fn tid_for(client: (ListenerId, SocketAddr), n: u8) -> [u8; 12] {
 /// A frame the core built for the client from a peer datagram: ChannelData carrying the
 /// payload, or a Data indication from `peer` carrying it.
 pub fn check_frame(frame: &[u8], peer: SocketAddr, payload: &[u8]) {
-    match message::classify(frame) {
-        Framing::ChannelData {
-            channel,
-            payload: range,
-        } => {
-            assert!(
-                (0x4000..=0x4FFF).contains(&channel),
-                "channel {channel:#06x}"
-            );
-            assert_eq!(&frame[range], payload, "ChannelData carries other bytes");
-        }
-        Framing::Stun(header) => {
-            assert_eq!(header.class, MessageClass::Indication);
-            assert_eq!(header.method, method::DATA);
-            let reply = Reply::parse(frame);
-            let from = reply
-                .get(attr::XOR_PEER_ADDRESS)
-                .and_then(|v| xor_decode(v, &reply.tid));
-            assert_eq!(from, Some(peer), "Data indication names another peer");
-            assert_eq!(
-                reply.get(attr::DATA),
-                Some(payload),
-                "Data indication carries other bytes"
-            );
-        }
-        Framing::Malformed => panic!("delivered a malformed frame: {frame:02x?}"),
+    assert!(frame.len() >= 4, "delivered a runt frame: {frame:02x?}");
+    if frame[0] & 0xC0 == 0x40 {
+        let channel = u16::from_be_bytes([frame[0], frame[1]]);
+        let len = usize::from(u16::from_be_bytes([frame[2], frame[3]]));
+        assert!(
+            (0x4000..=0x4FFF).contains(&channel),
+            "channel {channel:#06x}"
+        );
+        assert_eq!(
+            frame.get(4..4 + len),
+            Some(payload),
+            "ChannelData carries other bytes"
+        );
+    } else {
+        let reply = Reply::parse(frame);
+        assert_eq!(reply.class, MessageClass::Indication);
+        assert_eq!(reply.method, method::DATA);
+        let from = reply
+            .get(attr::XOR_PEER_ADDRESS)
+            .and_then(|v| xor_decode(v, &reply.tid));
+        assert_eq!(from, Some(peer), "Data indication names another peer");
+        assert_eq!(
+            reply.get(attr::DATA),
+            Some(payload),
+            "Data indication carries other bytes"
+        );
     }
 }

@@ -3,17 +3,20 @@
 #![allow(dead_code)] // each test binary uses a different part of this
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytecodec::DecodeExt;
-use relay::core::credentials::{long_term_key, rest_api_password};
-use relay::core::integrity;
-use relay::core::message::{self, Attribute};
-use stun_codec::rfc5389::attributes::{ErrorCode, Nonce, Realm, Username};
+use stun_codec::rfc5389::attributes::{ErrorCode, Nonce, Realm};
 use stun_codec::{Message, MessageClass, MessageDecoder, Method, TransactionId};
+
+// Requests are written by the tests' own encoder (pinned to RFC 5769), never the core's;
+// each test crate declares it at its root.
+use crate::stun_encoder::codec::Attribute;
+use crate::stun_encoder::{self as enc, Encoder, long_term_key, rest_password};
 
 pub const SECRET: &str = "integration-secret";
 pub const REALM: &str = "test.realm";
@@ -163,31 +166,64 @@ fn parse_listen_addr(line: &str) -> SocketAddr {
 }
 
 /// `len` consecutive UDP ports free on 127.0.0.1 now, for `--lowest-port`/`--highest-port`.
-/// Picked below the kernel's ephemeral range, so no port-0 bind anywhere takes one of them
-/// meanwhile; the start differs per process so that parallel test binaries rarely meet.
 pub fn free_port_range(len: u16) -> (u16, u16) {
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let (floor, ceiling) = (10_000u16, ephemeral_low.clamp(10_000 + 2 * len, 32768));
-    let span = u32::from(ceiling - floor - len);
-    let nanos = SystemTime::now()
+    free_port_range_on(len, &[IpAddr::V4(Ipv4Addr::LOCALHOST)])
+}
+
+/// The one port-range finder of the tests: `len` consecutive UDP ports that are free on
+/// every address of `ips` right now, outside the kernel's ephemeral range (so sockets bound
+/// to port 0 never land in them), and not handed to another test of this binary; the start
+/// is random so that concurrent test binaries spread out. Other processes may still take
+/// one later; the relay then tries another port of its range.
+pub fn free_port_range_on(len: u16, ips: &[IpAddr]) -> (u16, u16) {
+    static HANDED_OUT: Mutex<Vec<(u16, u16)>> = Mutex::new(Vec::new());
+    let (ephemeral_low, ephemeral_high) = ephemeral_ports();
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    // Start somewhere random so that concurrent test binaries spread out, then scan.
+    let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let seed = std::process::id() ^ nanos;
-    for attempt in 0..200u32 {
-        let offset = (seed.wrapping_add(attempt.wrapping_mul(7919))) % span;
-        let lowest = floor + u16::try_from(offset).expect("offset below span");
-        let highest = lowest + len - 1;
-        let held: Vec<UdpSocket> = (lowest..=highest)
-            .map_while(|port| UdpSocket::bind(("127.0.0.1", port)).ok())
-            .collect();
-        if held.len() == usize::from(len) {
-            return (lowest, highest);
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id().rotate_left(16);
+    for (low, high) in [(10_000, ephemeral_low - 1), (ephemeral_high + 1, u16::MAX)] {
+        if high < low || high - low + 1 < len {
+            continue;
+        }
+        let bases = u32::from(high - low - len + 2);
+        let first = seed % bases;
+        let mut step = 0;
+        while step < bases {
+            let base = low + ((first + step) % bases) as u16;
+            let window = (base, base + len - 1);
+            let taken = handed_out
+                .iter()
+                .any(|&(l, h)| l <= window.1 && window.0 <= h);
+            // The first busy port, if any: no window containing it can work.
+            let busy = (base..=window.1)
+                .find(|&port| ips.iter().any(|&ip| UdpSocket::bind((ip, port)).is_err()));
+            match (taken, busy) {
+                (false, None) => {
+                    handed_out.push(window);
+                    return window;
+                }
+                (_, Some(port)) if first + step + u32::from(port - base) < bases => {
+                    step += u32::from(port - base) + 1;
+                }
+                _ => step += 1,
+            }
         }
     }
-    panic!("no {len} consecutive free UDP ports below {ceiling}");
+    panic!("no {len} consecutive free UDP ports on {ips:?} outside the ephemeral range");
+}
+
+/// The kernel's ephemeral port range (Linux), or the usual default.
+fn ephemeral_ports() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut numbers = text.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((numbers.next()??, numbers.next()??))
+        })
+        .unwrap_or((32_768, 60_999))
 }
 
 /// `free_port_range(len)` as the strings `--lowest-port`/`--highest-port` take.
@@ -200,7 +236,7 @@ pub fn free_port_range_args(len: u16) -> (String, String) {
 pub fn credentials(user: &str) -> (String, String) {
     let expiry = unix_now() + 3600;
     let username = format!("{expiry}:{user}");
-    let password = rest_api_password(SECRET.as_bytes(), &username);
+    let password = rest_password(SECRET.as_bytes(), &username);
     (username, password)
 }
 
@@ -292,20 +328,19 @@ impl Client {
         attributes: Vec<Attribute>,
         id: TransactionId,
     ) -> Vec<u8> {
-        let mut request = Message::new(MessageClass::Request, method, id);
+        let mut request = Encoder::new(enc::Class::Request, method.as_u16(), *id.as_bytes());
         for attribute in attributes {
-            request.add_attribute(attribute);
+            request.attr(&attribute.into());
         }
-        match &self.nonce {
-            Some(nonce) => {
-                request.add_attribute(Username::new(self.username.clone()).expect("username"));
-                request.add_attribute(Realm::new(self.realm.clone()).expect("realm"));
-                request.add_attribute(Nonce::new(nonce.clone()).expect("nonce"));
-                let key = long_term_key(&self.username, &self.realm, &self.password);
-                message::encode(request, Some(&key), true)
-            }
-            None => message::encode(request, None, true),
+        if let Some(nonce) = &self.nonce {
+            request.tlv(enc::kind::USERNAME, self.username.as_bytes());
+            request.tlv(enc::kind::REALM, self.realm.as_bytes());
+            request.tlv(enc::kind::NONCE, nonce.as_bytes());
+            let key = long_term_key(&self.username, &self.realm, &self.password);
+            request.integrity(&key);
         }
+        request.fingerprint();
+        request.bytes()
     }
 
     /// Sends raw bytes and waits (bounded, with retransmissions) for the response to `id`.
@@ -358,15 +393,10 @@ impl Client {
             || response.error_code().is_some_and(|c| c != 401 && c != 438)
         {
             let key = long_term_key(&self.username, &self.realm, &self.password);
-            let layout = integrity::locate(&response.bytes).expect("layout");
-            let at = layout
-                .message_integrity
-                .expect("response to an authenticated request is signed");
-            assert!(integrity::verify_message_integrity(
-                &response.bytes,
-                at,
-                &key
-            ));
+            assert!(
+                enc::integrity_valid(&response.bytes, &key),
+                "response to an authenticated request is signed under the client's key"
+            );
         }
         response
     }

@@ -5,9 +5,8 @@
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::common::{self, RelayProcess};
 
@@ -136,63 +135,13 @@ fn parse_listeners(line: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// `len` consecutive UDP ports that are free on both 127.0.0.1 and ::1 right now, outside
-/// the kernel's ephemeral range (so sockets bound to port 0 never land in them), and not
-/// handed to another test of this binary. Other processes may still take one later; the
-/// relay then tries another port of its range.
+/// `len` consecutive UDP ports free on both 127.0.0.1 and ::1 (see
+/// `common::free_port_range_on`); these tests need IPv6 loopback.
 pub fn free_port_range(len: u16) -> (u16, u16) {
-    static HANDED_OUT: Mutex<Vec<(u16, u16)>> = Mutex::new(Vec::new());
     if let Err(e) = UdpSocket::bind((V6, 0)) {
         panic!("these tests need IPv6 loopback (::1), and binding it fails: {e}");
     }
-    let (ephemeral_low, ephemeral_high) = ephemeral_ports();
-    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-    // Start somewhere random so that concurrent test binaries spread out, then scan.
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos())
-        ^ std::process::id().rotate_left(16);
-    for (low, high) in [(10_000, ephemeral_low - 1), (ephemeral_high + 1, u16::MAX)] {
-        if high < low || high - low + 1 < len {
-            continue;
-        }
-        let bases = u32::from(high - low - len + 2);
-        let first = seed % bases;
-        let mut step = 0;
-        while step < bases {
-            let base = low + ((first + step) % bases) as u16;
-            let window = (base, base + len - 1);
-            let taken = handed_out
-                .iter()
-                .any(|&(l, h)| l <= window.1 && window.0 <= h);
-            // The first busy port, if any: no window containing it can work.
-            let busy = (base..=window.1).find(|&port| {
-                UdpSocket::bind((V4, port)).is_err() || UdpSocket::bind((V6, port)).is_err()
-            });
-            match (taken, busy) {
-                (false, None) => {
-                    handed_out.push(window);
-                    return window;
-                }
-                (_, Some(port)) if first + step + u32::from(port - base) < bases => {
-                    step += u32::from(port - base) + 1;
-                }
-                _ => step += 1,
-            }
-        }
-    }
-    panic!("no {len} consecutive free UDP ports on 127.0.0.1 and ::1 outside the ephemeral range");
-}
-
-/// The kernel's ephemeral port range (Linux), or the usual default.
-fn ephemeral_ports() -> (u16, u16) {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|text| {
-            let mut numbers = text.split_whitespace().map(|n| n.parse::<u16>().ok());
-            Some((numbers.next()??, numbers.next()??))
-        })
-        .unwrap_or((32_768, 60_999))
+    common::free_port_range_on(len, &[V4, V6])
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,15 +1,17 @@
 //! Client-side STUN/TURN helpers for tests: build requests (with raw extra attributes,
 //! long-term MESSAGE-INTEGRITY and FINGERPRINT) and decode and check the server's answers.
-//! Built on the crate's own encoder and stun_codec; raw TLV walks are done by hand so a test
-//! can assert the exact list of attributes on the wire.
+//! Requests are written by the tests' own encoder (`stun_encoder.rs`, pinned to RFC 5769),
+//! never the core's; answers are decoded with stun_codec and their MESSAGE-INTEGRITY and
+//! FINGERPRINT recomputed by that encoder. Raw TLV walks are done by hand so a test can
+//! assert the exact list of attributes on the wire.
 #![allow(dead_code)]
 
 use bytecodec::DecodeExt;
-use relay::core::credentials::{long_term_key, rest_api_password};
-use relay::core::integrity;
-use relay::core::message::{self, Attribute};
-use stun_codec::rfc5389::attributes::{ErrorCode, Nonce, Realm, UnknownAttributes, Username};
-use stun_codec::{Message, MessageClass, MessageDecoder, Method, TransactionId};
+use stun_codec::rfc5389::attributes::{ErrorCode, Nonce, Realm, UnknownAttributes};
+use stun_codec::{Message, MessageClass, MessageDecoder, Method};
+
+use crate::stun_encoder::codec::Attribute;
+use crate::stun_encoder::{self as enc, Attr, Encoder, long_term_key, rest_password};
 
 /// Attribute codepoints, to assert the exact attribute list of a response.
 pub mod types {
@@ -44,7 +46,7 @@ impl Creds {
     /// Credentials minted from `secret` for `<expiry>:<id>` in `realm`.
     pub fn rest(secret: &[u8], expiry: u64, id: &str, realm: &str) -> Self {
         let username = format!("{expiry}:{id}");
-        let password = rest_api_password(secret, &username);
+        let password = rest_password(secret, &username);
         let key = long_term_key(&username, realm, &password);
         Creds {
             username,
@@ -61,7 +63,7 @@ pub struct Req {
     pub class: MessageClass,
     pub method: Method,
     pub transaction_id: Option<[u8; 12]>,
-    pub attributes: Vec<Attribute>,
+    pub attributes: Vec<Attr>,
     /// Raw TLVs appended after the encoded attributes, before MESSAGE-INTEGRITY.
     pub raw: Vec<(u16, Vec<u8>)>,
     /// USERNAME, REALM, NONCE and MESSAGE-INTEGRITY under this key.
@@ -98,7 +100,7 @@ impl Req {
         }
     }
 
-    pub fn attr(mut self, attribute: impl Into<Attribute>) -> Self {
+    pub fn attr(mut self, attribute: impl Into<Attr>) -> Self {
         self.attributes.push(attribute.into());
         self
     }
@@ -126,52 +128,45 @@ impl Req {
     /// The wire bytes; the transaction ID must be set.
     pub fn build(&self) -> Vec<u8> {
         let id = self.transaction_id.expect("transaction id set");
-        let mut msg = Message::<Attribute>::new(self.class, self.method, TransactionId::new(id));
+        let mut msg = Encoder::new(self.class.into(), self.method.as_u16(), id);
         for attribute in &self.attributes {
-            msg.add_attribute(attribute.clone());
+            msg.attr(attribute);
         }
         let mut key = self.bare_integrity;
         if let Some((creds, nonce)) = &self.auth {
             if !self.omit[0] {
-                msg.add_attribute(Username::new(creds.username.clone()).unwrap());
+                msg.tlv(enc::kind::USERNAME, creds.username.as_bytes());
             }
             if !self.omit[1] {
-                msg.add_attribute(Realm::new(creds.realm.clone()).unwrap());
+                msg.tlv(enc::kind::REALM, creds.realm.as_bytes());
             }
             if !self.omit[2] {
-                msg.add_attribute(Nonce::new(nonce.clone()).unwrap());
+                msg.tlv(enc::kind::NONCE, nonce.as_bytes());
             }
             key = Some(creds.key);
         }
-        let mut bytes = message::encode(msg, None, false);
-        assert!(!bytes.is_empty(), "test request failed to encode");
         for (kind, value) in &self.raw {
-            append_raw(&mut bytes, *kind, value);
+            msg.tlv(*kind, value);
         }
         if let Some(key) = key {
-            integrity::append_message_integrity(&mut bytes, &key);
+            msg.integrity(&key);
             if self.corrupt_integrity {
-                let last = bytes.len() - 1;
-                bytes[last] ^= 0x01;
+                msg.flip_last_bit();
             }
         }
         if self.fingerprint {
-            integrity::append_fingerprint(&mut bytes);
+            msg.fingerprint();
         }
-        bytes
+        msg.bytes()
     }
 }
 
-/// Appends one TLV (zero-padded) and fixes the header's length field.
+/// Appends one TLV (zero-padded) to a finished message and fixes the header's length field
+/// (e.g. an attribute after MESSAGE-INTEGRITY, which a sender never writes).
 pub fn append_raw(bytes: &mut Vec<u8>, kind: u16, value: &[u8]) {
-    bytes.extend_from_slice(&kind.to_be_bytes());
-    bytes.extend_from_slice(&(value.len() as u16).to_be_bytes());
-    bytes.extend_from_slice(value);
-    while !bytes.len().is_multiple_of(4) {
-        bytes.push(0);
-    }
-    let body = (bytes.len() - 20) as u16;
-    bytes[2..4].copy_from_slice(&body.to_be_bytes());
+    let mut message = Encoder::resume(std::mem::take(bytes));
+    message.tlv(kind, value);
+    *bytes = message.bytes();
 }
 
 /// The (type, value) TLVs of a well-framed STUN message, in order.
@@ -259,24 +254,16 @@ impl Response {
         self.types().contains(&types::MESSAGE_INTEGRITY)
     }
 
-    /// MESSAGE-INTEGRITY present and valid under `key`.
+    /// MESSAGE-INTEGRITY present and valid under `key` (recomputed by the tests' encoder).
     pub fn integrity_valid(&self, key: &[u8; 16]) -> bool {
-        let layout = integrity::locate(&self.bytes).expect("response TLVs");
-        layout
-            .message_integrity
-            .is_some_and(|at| integrity::verify_message_integrity(&self.bytes, at, key))
+        enc::integrity_valid(&self.bytes, key)
     }
 
     /// FINGERPRINT present (and then it must be valid and last).
     pub fn has_fingerprint(&self) -> bool {
-        let layout = integrity::locate(&self.bytes).expect("response TLVs");
-        match layout.fingerprint {
-            Some(at) => {
-                assert!(
-                    integrity::verify_fingerprint(&self.bytes, at),
-                    "FINGERPRINT of the response is wrong"
-                );
-                assert_eq!(at + 8, self.bytes.len(), "FINGERPRINT not last");
+        match enc::fingerprint_valid(&self.bytes) {
+            Some(valid) => {
+                assert!(valid, "FINGERPRINT of the response is wrong or not last");
                 true
             }
             None => false,

@@ -1,0 +1,25 @@
+//! Deterministic scenario tests of the sans-IO core, one file per RFC section: the one fake
+//! driver (`tests/support/fake_driver.rs`), virtual time, fixed seeds, requests written by
+//! the tests' own encoder. Every test asserts the complete, ordered list of outputs after
+//! each input, and the driver fails on leftovers (DESIGN convention 8). One test binary.
+
+#[path = "../support/fake_driver.rs"]
+pub mod fake_driver;
+#[path = "../support/stun_client.rs"]
+pub mod stun_client;
+#[path = "../support/stun_encoder.rs"]
+pub mod stun_encoder;
+
+mod harness;
+
+mod allocate;
+mod auth;
+mod binding;
+mod channels;
+mod even_port;
+mod known_answers;
+mod malformed;
+mod permissions;
+mod quotas;
+mod refresh;
+mod relay_ports;
