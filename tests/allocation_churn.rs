@@ -7,6 +7,8 @@
 mod common;
 #[path = "support/stun_client.rs"]
 mod stun_client;
+#[path = "support/stun_encoder.rs"]
+mod stun_encoder;
 
 use std::net::UdpSocket;
 use std::time::Duration;

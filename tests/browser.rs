@@ -16,6 +16,8 @@ mod chromium;
 mod common;
 #[path = "browser/page_server.rs"]
 mod page_server;
+#[path = "support/stun_encoder.rs"]
+mod stun_encoder;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -4,12 +4,14 @@
 //! username (as coturn and eturnal do). `--strict-credential-expiry` ends it at the expiry.
 
 mod common;
+#[path = "support/stun_encoder.rs"]
+mod stun_encoder;
 
 use std::time::Duration;
 
+use crate::stun_encoder::codec::Attribute;
+use crate::stun_encoder::rest_password as rest_api_password;
 use common::{Client, RelayProcess, channel_data, peer_socket};
-use relay::core::credentials::rest_api_password;
-use relay::core::message::Attribute;
 use stun_codec::MessageClass;
 use stun_codec::rfc5766::attributes::{
     ChannelNumber, Lifetime, RequestedTransport, XorPeerAddress, XorRelayAddress,

@@ -5,6 +5,8 @@
 mod common;
 #[path = "support/stun_client.rs"]
 mod stun_client;
+#[path = "support/stun_encoder.rs"]
+mod stun_encoder;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -37,8 +37,13 @@ use stun_codec::rfc5766::attributes::{
 use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND, REFRESH, SEND};
 use stun_codec::{Message, TransactionId};
 
-const LOWEST_PORT: u16 = 45000;
-const HIGHEST_PORT: u16 = 45999;
+/// The relay port range: 1,000 ports found free when the test starts (never a fixed range:
+/// another relay on the machine may hold it).
+fn relay_ports() -> std::ops::RangeInclusive<u16> {
+    static PORTS: std::sync::OnceLock<(u16, u16)> = std::sync::OnceLock::new();
+    let (lowest, highest) = *PORTS.get_or_init(|| common::free_port_range(1000));
+    lowest..=highest
+}
 /// Seconds an allocation (and its permissions and channels) lives without a refresh.
 const LIFETIME: u64 = 4;
 const CLIENT_THREADS: usize = 8;
@@ -153,6 +158,8 @@ struct Tally {
     abandoned: AtomicU64,
     sent: AtomicU64,
     echoed: AtomicU64,
+    /// Allocates refused with 437 on a 5-tuple an abandoned allocation still held.
+    mismatches: AtomicU64,
 }
 
 fn udp() -> Attribute {
@@ -179,13 +186,25 @@ fn await_frame(client: &Client, expected: &[u8]) -> bool {
 fn client_cycle(relay: SocketAddr, source: Ipv4Addr, peer: SocketAddr, n: u64, tally: &Tally) {
     let (username, password) = credentials(&format!("soak{n}"));
     let mut client = Client::new(relay, &username, &password);
-    client.socket = UdpSocket::bind((source, 0)).expect("bind client on loopback");
-    client
-        .socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
-
-    let allocated = client.authenticated(ALLOCATE, vec![udp()]);
+    // The kernel may hand this client the port of an earlier client of the same address
+    // whose abandoned allocation is still alive: that 5-tuple gets 437 (RFC 8656 §7.2), and
+    // a real client tries again from another port. The refused sockets are kept until the
+    // cycle ends, so that the kernel does not hand out their ports again meanwhile.
+    let mut refused = Vec::new();
+    let mut allocated;
+    loop {
+        let socket = UdpSocket::bind((source, 0)).expect("bind client on loopback");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        refused.push(std::mem::replace(&mut client.socket, socket));
+        client.nonce = None; // nonces are bound to the client's address and port
+        allocated = client.authenticated(ALLOCATE, vec![udp()]);
+        if allocated.error_code() != Some(437) || refused.len() > 8 {
+            break;
+        }
+        tally.mismatches.fetch_add(1, Ordering::Relaxed);
+    }
     assert_eq!(
         allocated.class(),
         MessageClass::SuccessResponse,
@@ -196,7 +215,7 @@ fn client_cycle(relay: SocketAddr, source: Ipv4Addr, peer: SocketAddr, n: u64, t
         .get::<XorRelayAddress>()
         .expect("XOR-RELAYED-ADDRESS")
         .address();
-    assert!((LOWEST_PORT..=HIGHEST_PORT).contains(&relayed.port()));
+    assert!(relay_ports().contains(&relayed.port()));
     let channel = 0x4000 + (n % 0x100) as u16;
     let bound = client.authenticated(
         CHANNEL_BIND,
@@ -305,8 +324,9 @@ fn spray(relay: SocketAddr, metrics: SocketAddr, stop: &AtomicBool, seed: u64) -
             let to = if rng.next().is_multiple_of(2) {
                 relay
             } else {
-                let port =
-                    LOWEST_PORT + (rng.next() % u64::from(HIGHEST_PORT - LOWEST_PORT + 1)) as u16;
+                let ports = relay_ports();
+                let span = u64::from(ports.end() - ports.start()) + 1;
+                let port = ports.start() + (rng.next() % span) as u16;
                 SocketAddr::new(relay.ip(), port)
             };
             let source = &sources[(rng.next() % sources.len() as u64) as usize];
@@ -337,9 +357,9 @@ fn churn_and_garbage_then_back_to_baseline() {
         common::SECRET,
         "--allow-loopback-peers",
         "--lowest-port",
-        &LOWEST_PORT.to_string(),
+        &relay_ports().start().to_string(),
         "--highest-port",
-        &HIGHEST_PORT.to_string(),
+        &relay_ports().end().to_string(),
         "--metrics-addr",
         "127.0.0.1:0",
         "--test-lifetime",
@@ -438,12 +458,14 @@ fn churn_and_garbage_then_back_to_baseline() {
     let sent = tally.sent.load(Ordering::Relaxed);
     let echoed = tally.echoed.load(Ordering::Relaxed);
     eprintln!(
-        "soak {seconds}s: {cycles} client cycles ({} deleted, {} abandoned), {echoed}/{sent} \
+        "soak {seconds}s: {cycles} client cycles ({} deleted, {} abandoned, {} Allocates met 437 \
+         on a reused 5-tuple), {echoed}/{sent} \
          datagrams echoed, {garbage} garbage datagrams; peak {} allocations, {} relay ports, \
          {} channels; baseline vs after: fds {baseline_fds} vs {fds}, relay ports 0 vs {}, \
          allocations 0 vs {}, VmRSS {baseline_rss} KiB vs {rss} KiB",
         tally.deleted.load(Ordering::Relaxed),
         tally.abandoned.load(Ordering::Relaxed),
+        tally.mismatches.load(Ordering::Relaxed),
         peak.allocations,
         peak.ports_used,
         peak.channels,

@@ -298,11 +298,17 @@ impl Client {
         }
     }
 
+    /// A transaction id no other request of this test process used: a later client on a
+    /// reused 5-tuple must not take a late answer to an earlier client's request for its own
+    /// (the soak test churns thousands of clients over 200 addresses).
     pub fn transaction_id(&mut self) -> TransactionId {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.next_id = self.next_id.wrapping_add(1);
         let mut id = [0x5A; 12];
-        id[11] = self.next_id;
         id[0] = (std::process::id() & 0xFF) as u8;
+        id[3..11].copy_from_slice(&n.to_be_bytes());
+        id[11] = self.next_id;
         TransactionId::new(id)
     }
 
@@ -395,7 +401,10 @@ impl Client {
             let key = long_term_key(&self.username, &self.realm, &self.password);
             assert!(
                 enc::integrity_valid(&response.bytes, &key),
-                "response to an authenticated request is signed under the client's key"
+                "response to an authenticated request is signed under the client's key: {:?} {:?} {:02x?}",
+                response.class(),
+                response.error_code(),
+                response.bytes
             );
         }
         response
