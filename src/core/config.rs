@@ -4,8 +4,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
-use super::cidr::Cidr;
 use super::ids::Family;
+use super::policy::cidr::Cidr;
 
 /// Where relay sockets of one family are bound, and the address clients are told about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

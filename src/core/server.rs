@@ -9,20 +9,21 @@ use std::time::Instant;
 
 use stun_codec::MessageClass;
 
-use super::admission::Admission;
-use super::allocation::{Allocation, RelaySocket};
-use super::allocation_table::AllocationTable;
+use super::allocations::allocation::{Allocation, RelaySocket};
+use super::allocations::ports::PortPool;
+use super::allocations::slots::AllocationTable;
+use super::allocations::timer_wheel::{Due, TimerHandle, Timers};
+use super::auth::admission::Admission;
+use super::auth::nonce::NonceKey;
 use super::config::Config;
 use super::counters::{Counters, Gauges};
-use super::credentials::NonceKey;
-use super::framing::{write_channel_data_header, write_data_indication_header};
 use super::hasher::SeededState;
-use super::ids::{AllocationId, Family, ListenerId, Now, RelayId};
-use super::message::{self, Framing, Header};
+use super::ids::{AllocationId, Family, ListenerId, RelayId};
 use super::policy::PeerPolicy;
-use super::ports::PortPool;
 use super::rng::Rng;
-use super::timer::{Due, TimerHandle, Timers};
+use super::time::Now;
+use super::wire::relayed_frames::{write_channel_data_header, write_data_indication_header};
+use super::wire::{self as message, Framing, Header};
 
 /// Bytes the driver leaves free in front of a peer datagram, so the core can write the
 /// ChannelData header (4 bytes) or a Data indication header (up to 48 bytes) in place.

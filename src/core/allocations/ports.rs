@@ -5,7 +5,7 @@
 
 use std::ops::RangeInclusive;
 
-use super::rng::Rng;
+use crate::core::rng::Rng;
 
 /// What kind of port a request needs (RFC 8656 §7.2, EVEN-PORT).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

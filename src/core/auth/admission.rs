@@ -18,7 +18,7 @@
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 
-use super::hasher::SeededState;
+use crate::core::hasher::SeededState;
 
 const ACCOUNTS: usize = 4096;
 /// Bytes of answer a source may receive per byte of its requests.

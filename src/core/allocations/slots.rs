@@ -6,7 +6,7 @@
 use slab::Slab;
 
 use super::allocation::Allocation;
-use super::ids::AllocationId;
+use crate::core::ids::AllocationId;
 
 #[derive(Default)]
 pub struct AllocationTable {

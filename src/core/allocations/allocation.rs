@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use stun_codec::TransactionId;
 
-use super::ids::{Family, ListenerId, RelayId};
 use super::ports::PortNeed;
-use super::timer::TimerHandle;
+use super::timer_wheel::TimerHandle;
+use crate::core::ids::{Family, ListenerId, RelayId};
 
 /// Bounds on per-allocation state, so that one authenticated client cannot grow memory
 /// without limit. WebRTC clients use a handful of each.

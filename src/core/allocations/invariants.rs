@@ -4,8 +4,8 @@
 use std::collections::{HashMap, HashSet};
 
 use super::allocation::{MAX_CHANNELS, MAX_PERMISSIONS, RelaySocket};
-use super::ids::Family;
-use super::server::{Server, quota_user};
+use crate::core::ids::Family;
+use crate::core::server::{Server, quota_user};
 
 /// How much per-client state the core holds: what an unauthenticated flood must leave at
 /// zero. (The rate limiter's table is fixed-size and not counted.)

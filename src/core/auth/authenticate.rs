@@ -6,18 +6,13 @@ use std::net::SocketAddr;
 
 use stun_codec::rfc5389::attributes::{Nonce, Realm, Username};
 
-use super::credentials::{self, NonceCheck};
-use super::errors::Failure;
-use super::ids::{ListenerId, Now};
-use super::integrity;
-use super::message;
-use super::server::Server;
-
-/// Who an authenticated request is from, and the key that signs our answer.
-pub struct Credentials {
-    pub username: String,
-    pub key: [u8; 16],
-}
+use super::credentials::{self, Credentials};
+use super::nonce::NonceCheck;
+use crate::core::failure::Failure;
+use crate::core::ids::ListenerId;
+use crate::core::server::Server;
+use crate::core::time::Now;
+use crate::core::wire::{self as message, integrity};
 
 impl Server {
     /// RFC 8489 §9.2.4 up to and including MESSAGE-INTEGRITY: present (else 401), USERNAME,
@@ -28,7 +23,7 @@ impl Server {
     /// The expiry is that of the credentials' creation of an allocation: a request on a live
     /// allocation of this 5-tuple made with the same username is accepted after the username
     /// expired, unless `strict_credential_expiry` is set.
-    pub(super) fn authenticate(
+    pub(crate) fn authenticate(
         &self,
         now: Now,
         listener: ListenerId,
@@ -83,7 +78,7 @@ impl Server {
     }
 
     /// Whether the request's NONCE is one we issued to this client within its lifetime.
-    pub(super) fn nonce_is_fresh(&self, now: Now, client: SocketAddr, datagram: &[u8]) -> bool {
+    pub(crate) fn nonce_is_fresh(&self, now: Now, client: SocketAddr, datagram: &[u8]) -> bool {
         let nonce = message::attribute_value(datagram, Nonce::CODEPOINT)
             .and_then(|range| datagram.get(range))
             .and_then(|bytes| std::str::from_utf8(bytes).ok());

@@ -10,9 +10,10 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha1::Sha1;
 
+use super::HEADER_LEN;
+
 pub const MESSAGE_INTEGRITY: u16 = 0x0008;
 pub const FINGERPRINT: u16 = 0x8028;
-pub const HEADER_LEN: usize = 20;
 
 const MI_VALUE_LEN: usize = 20;
 const MI_ATTR_LEN: usize = 4 + MI_VALUE_LEN;
@@ -229,7 +230,7 @@ mod tests {
     fn long_term_key() -> [u8; 16] {
         // The USERNAME bytes in the vector are "マトリックス"; the password is
         // the SASLprep'd "TheMatrIX".
-        super::super::credentials::long_term_key("マトリックス", "example.org", "TheMatrIX")
+        crate::core::auth::credentials::long_term_key("マトリックス", "example.org", "TheMatrIX")
     }
 
     /// Checks one vector end to end; `fp` is None for a message without FINGERPRINT.

@@ -4,7 +4,7 @@
 use stun_codec::AttributeType;
 use stun_codec::rfc5389::attributes::{ErrorCode, Nonce, Realm, UnknownAttributes};
 
-use super::message::Attribute;
+use super::wire::Attribute;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
