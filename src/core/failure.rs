@@ -4,6 +4,7 @@
 use stun_codec::AttributeType;
 use stun_codec::rfc5389::attributes::{ErrorCode, Nonce, Realm, UnknownAttributes};
 
+use super::allocations::Refusal;
 use super::wire::Attribute;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,5 +87,15 @@ impl Failure {
             _ => {}
         }
         attributes
+    }
+}
+
+impl From<Refusal> for Failure {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Quota => Failure::AllocationQuotaReached,
+            Refusal::Capacity => Failure::InsufficientCapacity,
+            Refusal::WrongFamily => Failure::BadRequest,
+        }
     }
 }

@@ -3,13 +3,13 @@
 
 mod allocations;
 mod auth;
+pub mod client;
 pub mod config;
 pub mod counters;
 mod failure;
 mod hasher;
 pub mod ids;
 mod policy;
-mod requests;
 mod rng;
 mod server;
 pub mod time;
@@ -22,6 +22,7 @@ pub use wire as message;
 pub use wire::integrity;
 
 pub use allocations::Footprint;
+pub use client::{ClientKey, Transport};
 pub use config::{Config, Lifetimes, RelayAddress};
 pub use counters::{Counters, Gauges};
 pub use ids::{AllocationId, Family, ListenerId, RelayId};

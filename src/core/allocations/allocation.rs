@@ -8,7 +8,8 @@ use stun_codec::TransactionId;
 
 use super::ports::PortNeed;
 use super::timer_wheel::TimerHandle;
-use crate::core::ids::{Family, ListenerId, RelayId};
+use crate::core::client::ClientKey;
+use crate::core::ids::{Family, RelayId};
 
 /// Bounds on per-allocation state, so that one authenticated client cannot grow memory
 /// without limit. WebRTC clients use a handful of each.
@@ -64,14 +65,28 @@ pub enum BindRefusal {
     Full,
 }
 
+/// What a new allocation is made of (`Allocations::create` files it).
+pub(crate) struct NewAllocation {
+    pub(crate) client: ClientKey,
+    pub(crate) username: String,
+    pub(crate) key: [u8; 16],
+    pub(crate) expires_at: Instant,
+    /// The ports taken for it, by `Family::index()`; a socket is opened on each.
+    pub(crate) ports: [Option<u16>; 2],
+    pub(crate) allocate_transaction: TransactionId,
+    pub(crate) allocate_fingerprint: bool,
+    pub(crate) dont_fragment: bool,
+    pub(crate) retry_need: Option<PortNeed>,
+    pub(crate) reservation: Option<u64>,
+}
+
 pub struct Allocation {
-    pub listener: ListenerId,
-    pub client: SocketAddr,
+    pub client: ClientKey,
     pub username: String,
     pub key: [u8; 16],
     pub expires_at: Instant,
     /// Indexed by `Family::index()`.
-    pub relays: [RelaySocket; 2],
+    pub(super) relays: [RelaySocket; 2],
     pub permissions: Vec<Permission>,
     pub channels: Vec<Channel>,
     /// The Allocate transaction that created this allocation, and the success response
@@ -84,15 +99,37 @@ pub struct Allocation {
     pub dont_fragment: bool,
     /// What another port must be when a bind finds the port in use (the kind EVEN-PORT
     /// asked for); `None` when only this port will do, as for a RESERVATION-TOKEN's.
-    pub retry_need: Option<PortNeed>,
+    pub(super) retry_need: Option<PortNeed>,
     /// The token of the port reserved next to ours (EVEN-PORT with R), for the response.
     pub reservation: Option<u64>,
     /// Its one entry in the timer wheel, once it is live (filed when the Allocate succeeds,
     /// moved when a deadline changes, cancelled when the allocation goes).
-    pub timer: Option<TimerHandle>,
+    pub(super) timer: Option<TimerHandle>,
 }
 
 impl Allocation {
+    pub(super) fn new(new: NewAllocation) -> Self {
+        Allocation {
+            client: new.client,
+            username: new.username,
+            key: new.key,
+            expires_at: new.expires_at,
+            relays: new.ports.map(|port| match port {
+                Some(port) => RelaySocket::Opening { port, attempts: 1 },
+                None => RelaySocket::None,
+            }),
+            permissions: Vec::new(),
+            channels: Vec::new(),
+            allocate_transaction: new.allocate_transaction,
+            allocate_response: None,
+            allocate_fingerprint: new.allocate_fingerprint,
+            dont_fragment: new.dont_fragment,
+            retry_need: new.retry_need,
+            reservation: new.reservation,
+            timer: None,
+        }
+    }
+
     pub fn relay(&self, family: Family) -> RelaySocket {
         self.relays[family.index()]
     }
@@ -238,11 +275,11 @@ impl Allocation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::ids::ListenerId;
 
     fn allocation(now: Instant) -> Allocation {
         Allocation {
-            listener: ListenerId(0),
-            client: "192.0.2.1:1000".parse().unwrap(),
+            client: ClientKey::udp(ListenerId(0), "192.0.2.1:1000".parse().unwrap()),
             username: "u".into(),
             key: [0; 16],
             expires_at: now + Duration::from_secs(600),

@@ -3,6 +3,6 @@
 //! unauthenticated requests. Holds no allocation state.
 
 pub mod admission;
-mod authenticate;
+pub(crate) mod authenticate;
 pub mod credentials;
 pub mod nonce;

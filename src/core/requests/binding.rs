@@ -12,7 +12,7 @@ impl Server {
     pub(super) fn binding(&mut self, requester: &Requester, request_len: usize) {
         let mut response = message::new_message(MessageClass::SuccessResponse, &requester.header);
         response.add_attribute(Attribute::XorMappedAddress(XorMappedAddress::new(
-            requester.client,
+            requester.client.addr,
         )));
         let bytes = message::encode(response, None, requester.fingerprint);
         self.send_unauthenticated(requester, request_len, 200, bytes);

@@ -47,7 +47,7 @@ impl Server {
                 BindRefusal::Full => Failure::InsufficientCapacity,
             })?;
         allocation.permit(peer.ip(), now.instant, limits.permission);
-        self.schedule(id, now.instant);
+        self.allocations.reschedule(id, now.instant);
         Ok(Vec::new())
     }
 }

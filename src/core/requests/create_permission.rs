@@ -62,7 +62,7 @@ impl Server {
         if !allocation.permit_all(&ips[..unique], now.instant, lifetime) {
             return Err(Failure::InsufficientCapacity);
         }
-        self.schedule(id, now.instant);
+        self.allocations.reschedule(id, now.instant);
         Ok(Vec::new())
     }
 

@@ -10,7 +10,6 @@ mod refresh;
 mod respond;
 mod send;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use stun_codec::MessageClass;
@@ -19,9 +18,11 @@ use stun_codec::rfc5766::attributes::Lifetime;
 use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH, SEND};
 use stun_codec::rfc8656::attributes::AddressFamily;
 
+use crate::core::auth::authenticate::{Refused, Verifier, nonce_is_fresh};
 use crate::core::auth::credentials::Credentials;
+use crate::core::client::ClientKey;
 use crate::core::failure::Failure;
-use crate::core::ids::{Family, ListenerId};
+use crate::core::ids::Family;
 use crate::core::server::{Forward, Server};
 use crate::core::time::Now;
 use crate::core::wire::integrity::IntegrityLayout;
@@ -30,18 +31,16 @@ use crate::core::wire::{self as message, Attribute, DecodeError, Decoded, Header
 /// Who asked, so the answer goes back on the same 5-tuple and mirrors FINGERPRINT.
 #[derive(Clone, Copy)]
 pub(crate) struct Requester {
-    pub listener: ListenerId,
-    pub client: SocketAddr,
-    pub header: Header,
-    pub fingerprint: bool,
+    pub(crate) client: ClientKey,
+    pub(crate) header: Header,
+    pub(crate) fingerprint: bool,
 }
 
 impl Server {
     pub(crate) fn handle_stun(
         &mut self,
         now: Now,
-        listener: ListenerId,
-        client: SocketAddr,
+        client: ClientKey,
         datagram: &[u8],
         header: Header,
     ) -> Option<Forward> {
@@ -51,7 +50,6 @@ impl Server {
             return None;
         }
         let mut requester = Requester {
-            listener,
             client,
             header,
             fingerprint: false,
@@ -76,14 +74,13 @@ impl Server {
         // RFC 8489 §9.2.4: the credentials and MESSAGE-INTEGRITY are checked on the raw
         // bytes first, so that every later answer (400 for attributes that do not decode,
         // 420, 438) is known to go to the holder of the key, signed and never limited.
-        let credentials =
-            match self.authenticate(now, listener, client, datagram, layout.message_integrity) {
-                Ok(credentials) => credentials,
-                Err(failure) => {
-                    self.reply_unauthenticated(&requester, datagram.len(), failure);
-                    return None;
-                }
-            };
+        let credentials = match self.authenticate(now, client, datagram, layout) {
+            Ok(credentials) => credentials,
+            Err(failure) => {
+                self.reply_unauthenticated(&requester, datagram.len(), failure);
+                return None;
+            }
+        };
         match self.authenticated(now, &requester, datagram, layout, &credentials) {
             Ok(Some(attributes)) => {
                 self.reply_success(&requester, attributes, Some(&credentials.key))
@@ -96,6 +93,38 @@ impl Server {
             Err(failure) => self.reply_error(&requester, failure, Some(&credentials.key)),
         }
         None
+    }
+
+    /// The credentials of a request (`auth::authenticate`). The expiry of a username counts
+    /// when it creates an allocation: a request on a live allocation of this client made
+    /// with the same username is accepted after it expired, unless
+    /// `strict_credential_expiry` is set.
+    fn authenticate(
+        &self,
+        now: Now,
+        client: ClientKey,
+        datagram: &[u8],
+        layout: IntegrityLayout,
+    ) -> Result<Credentials, Failure> {
+        let verifier = Verifier {
+            realm: &self.config.realm,
+            secrets: &self.config.auth_secrets,
+        };
+        let lives_on = |username: &str| {
+            !self.config.strict_credential_expiry
+                && self
+                    .allocations
+                    .of_client(&client)
+                    .is_some_and(|(_, a)| now.instant < a.expires_at && a.username == username)
+        };
+        verifier
+            .authenticate(now.unix_secs, datagram, layout.message_integrity, lives_on)
+            .map_err(|refused| match refused {
+                Refused::BadRequest => Failure::BadRequest,
+                Refused::Unauthorized => Failure::Unauthorized {
+                    nonce: self.nonce_for(now, client.addr),
+                },
+            })
     }
 
     /// Send indications, Binding and unknown methods: never authenticated.
@@ -155,9 +184,17 @@ impl Server {
             && message
                 .get_attribute::<Lifetime>()
                 .is_some_and(|l| l.lifetime().is_zero());
-        if !closing && !self.nonce_is_fresh(now, requester.client, datagram) {
+        if !closing
+            && !nonce_is_fresh(
+                &self.nonces,
+                datagram,
+                now.unix_secs,
+                requester.client.addr,
+                self.config.lifetimes.nonce_secs,
+            )
+        {
             return Err(Failure::StaleNonce {
-                nonce: self.nonce_for(now, requester.client),
+                nonce: self.nonce_for(now, requester.client.addr),
             });
         }
         let unknown = message::unknown_required(message);
@@ -179,17 +216,10 @@ impl Server {
         request: &Decoded,
         credentials: &Credentials,
     ) -> Result<Option<Vec<Attribute>>, Failure> {
-        let id = *self
-            .by_client
-            .get(&(requester.listener, requester.client))
-            .ok_or(Failure::AllocationMismatch)?;
-        let allocation = self
+        let (id, allocation) = self
             .allocations
-            .get(id)
+            .live(&requester.client, now.instant)
             .ok_or(Failure::AllocationMismatch)?;
-        if now.instant >= allocation.expires_at || !allocation.is_open() {
-            return Err(Failure::AllocationMismatch);
-        }
         if allocation.username != credentials.username {
             return Err(Failure::WrongCredentials);
         }

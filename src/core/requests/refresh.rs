@@ -36,7 +36,7 @@ impl Server {
             return Ok(vec![lifetime_attribute(Duration::ZERO)]);
         }
         allocation.expires_at = now.instant + lifetime;
-        self.schedule(id, now.instant);
+        self.allocations.reschedule(id, now.instant);
         Ok(vec![lifetime_attribute(lifetime)])
     }
 

@@ -21,7 +21,7 @@ impl Server {
         }
         let bytes = message::encode(response, key.map(|k| &k[..]), requester.fingerprint);
         self.counters.count_response(requester.header.method, 200);
-        self.reply(requester.listener, requester.client, bytes);
+        self.reply(requester.client, bytes);
     }
 
     /// An error answer to a request that is not authenticated (yet).
@@ -50,10 +50,10 @@ impl Server {
         }
         if self
             .unauthenticated_answers
-            .admit(requester.client.ip(), request_len, bytes.len())
+            .admit(requester.client.addr.ip(), request_len, bytes.len())
         {
             self.counters.count_response(requester.header.method, code);
-            self.reply(requester.listener, requester.client, bytes);
+            self.reply(requester.client, bytes);
         } else {
             self.counters.rate_limited += 1;
         }
@@ -73,7 +73,7 @@ impl Server {
         self.counters
             .count_response(requester.header.method, failure.code());
         let bytes = self.error_response(requester, failure, key);
-        self.reply(requester.listener, requester.client, bytes);
+        self.reply(requester.client, bytes);
     }
 
     pub(super) fn error_response(

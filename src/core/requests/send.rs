@@ -40,7 +40,7 @@ impl Server {
         }
         let peer = message.get_attribute::<XorPeerAddress>()?.address();
         let data_len = message.get_attribute::<Data>()?.data().len();
-        let allocation = self.live_allocation(requester.listener, requester.client, now.instant)?;
+        let allocation = self.allocations.live(&requester.client, now.instant)?.1;
         // RFC 8656 §10.2: DONT-FRAGMENT on a Send we cannot honour (the socket was opened
         // without DF) means drop it.
         if message.get_attribute::<DontFragment>().is_some() && !allocation.dont_fragment {
