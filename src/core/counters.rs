@@ -1,5 +1,7 @@
 //! Counters of everything the core drops or relays. Bad input is counted, not logged.
 
+use super::failure::{ERROR_TABLE, response_codes};
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Counters {
     /// Responses sent, by method and code (see `RESPONSE_METHODS`, `RESPONSE_CODES`).
@@ -44,10 +46,9 @@ pub const RESPONSE_METHODS: [(u16, &str); 6] = [
     (0x009, "channel_bind"),
     (0xFFFF, "other"),
 ];
-/// Codes responses are counted by; 200 stands for success.
-pub const RESPONSE_CODES: [u16; 13] = [
-    200, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 486, 508,
-];
+/// Codes responses are counted by: 200 for success, then every code of the error table
+/// (`failure::ERROR_TABLE`).
+pub const RESPONSE_CODES: [u16; ERROR_TABLE.len() + 1] = response_codes();
 
 impl Counters {
     pub fn count_response(&mut self, method: u16, code: u16) {
