@@ -1,6 +1,13 @@
 //! The sans-IO TURN server: datagrams and time in, outputs out. `handle_*` take input,
-//! `poll_output`/`poll_timeout` give what the driver must do next. The data path
-//! (ChannelData, Send, peer datagrams) answers through return values and never allocates.
+//! `poll_output`/`poll_timeout` give what the driver must do next.
+//!
+//! The data path answers through return values (`Forward`, `Deliver`), whose ranges index
+//! the buffer given to that same call: the datagram for `handle_client_datagram`, the whole
+//! buffer with its headroom for `handle_peer_datagram`. ChannelData and peer datagrams are
+//! relayed without allocating. A Send indication is not: it is decoded like a request (its
+//! head copied for stun_codec, which builds an attribute list; its TLVs walked by the count
+//! check, `locate`, the decoder and `attribute_value`). It is the control-path way to send
+//! data, which WebRTC clients leave as soon as a channel is bound.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -35,7 +42,8 @@ pub const HEADROOM: usize = 48;
 /// Bytes after the payload the buffer must have for a Data indication's padding.
 pub const TAILROOM: usize = 3;
 
-/// Send this slice of the datagram just handled from `relay` to `peer`.
+/// Send this slice of the datagram just handled from `relay` to `peer`. `payload` indexes
+/// the `datagram` given to `handle_client_datagram`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward {
     pub relay: RelayId,
@@ -43,7 +51,8 @@ pub struct Forward {
     pub payload: Range<usize>,
 }
 
-/// Send this slice of the peer datagram's buffer to `client` from `listener`.
+/// Send this slice of the peer datagram's buffer to `client` from `listener`. `frame`
+/// indexes the `buf` given to `handle_peer_datagram` (it starts in the headroom).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deliver {
     pub listener: ListenerId,

@@ -150,10 +150,19 @@ impl Batch {
     }
 
     /// Queues `range` of slot `i` to be sent from socket `socket` to `dest` at the next flush.
-    pub fn queue(&mut self, i: usize, range: Range<usize>, socket: usize, dest: SocketAddr) {
+    /// False (and nothing queued) if the queue is full or the range is not inside the slot,
+    /// neither of which can happen with one send per received datagram.
+    #[must_use]
+    pub fn queue(
+        &mut self,
+        i: usize,
+        range: Range<usize>,
+        socket: usize,
+        dest: SocketAddr,
+    ) -> bool {
         let j = self.pending.len();
         if j >= BATCH || range.end > SLOT || range.start > range.end {
-            return; // one per received datagram: cannot happen
+            return false;
         }
         self.dest_lens[j] = to_sockaddr(dest, &mut self.dests[j]);
         self.pending.push(Pending {
@@ -162,6 +171,7 @@ impl Batch {
             offset: i * SLOT + range.start,
             len: range.len(),
         });
+        true
     }
 
     pub fn has_pending(&self) -> bool {
@@ -467,12 +477,12 @@ mod tests {
             assert_eq!(payload, &expected[..]);
             // Interleave the two output sockets: a's datagrams out of out1, b's out of out2.
             let socket = if payload[0] == b'a' { 1 } else { 2 };
-            batch.queue(
+            assert!(batch.queue(
                 i,
                 HEADROOM..HEADROOM + len,
                 socket,
                 sink.local_addr().unwrap(),
-            );
+            ));
         }
         let fds = [0, out1.as_raw_fd(), out2.as_raw_fd()];
         let flushed = batch.flush(|key| fds.get(key).copied());
@@ -527,7 +537,7 @@ mod tests {
         sink.set_read_timeout(Some(std::time::Duration::from_secs(2)))
             .unwrap();
         for (i, size) in sizes.iter().enumerate() {
-            batch.queue(i, HEADROOM..HEADROOM + size, 0, sink.local_addr().unwrap());
+            assert!(batch.queue(i, HEADROOM..HEADROOM + size, 0, sink.local_addr().unwrap()));
         }
         let out = UdpSocket::bind("127.0.0.1:0").unwrap();
         let flushed = batch.flush(|_| Some(out.as_raw_fd()));
@@ -547,7 +557,7 @@ mod tests {
         tx.send_to(b"x", rx.local_addr().unwrap()).unwrap();
         let mut batch = Batch::new();
         assert_eq!(batch.recv(rx.as_raw_fd()).unwrap(), 1);
-        batch.queue(0, HEADROOM..HEADROOM + 1, 7, tx.local_addr().unwrap());
+        assert!(batch.queue(0, HEADROOM..HEADROOM + 1, 7, tx.local_addr().unwrap()));
         assert_eq!(batch.flush(|_| None), Flushed { sent: 0, failed: 1 });
         let err = batch.recv(rx.as_raw_fd()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);

@@ -118,6 +118,8 @@ pub fn render(s: &Snapshot) -> String {
         ("from_own_socket", c.from_own_socket),
         ("send_failed", s.io.send_failed),
         ("recv_failed", s.io.recv_failed),
+        ("recv_no_source", s.io.recv_no_source),
+        ("unsendable", s.io.unsendable),
     ] {
         let _ = writeln!(out, "relay_drops_total{{reason=\"{reason}\"}} {value}");
     }

@@ -61,6 +61,11 @@ pub struct Options {
 pub struct IoCounters {
     pub send_failed: u64,
     pub recv_failed: u64,
+    /// Datagrams received without a usable source address (not IPv4/IPv6): unanswerable.
+    pub recv_no_source: u64,
+    /// Relayed datagrams the driver could not queue for sending (no such listener, or a
+    /// frame outside its slot): bugs if ever non-zero, but counted, never silent.
+    pub unsendable: u64,
 }
 
 pub struct Driver {
@@ -278,29 +283,40 @@ impl Driver {
         for i in 0..count {
             let (from, len, slot) = self.batch.datagram(i);
             let Some(from) = from else {
+                self.io.recv_no_source += 1;
                 continue;
             };
             match source {
                 Source::Client(listener) => {
+                    // The core's ranges index the buffer it was given: here the datagram,
+                    // which sits HEADROOM bytes into the slot.
                     let datagram = &slot[HEADROOM..HEADROOM + len];
                     if let Some(forward) = self
                         .core
                         .handle_client_datagram(now, listener, from, datagram)
                     {
-                        let range =
-                            HEADROOM + forward.payload.start..HEADROOM + forward.payload.end;
-                        self.batch.queue(i, range, forward.relay.0, forward.peer);
+                        let range = in_slot(HEADROOM, forward.payload);
+                        if !self.batch.queue(i, range, forward.relay.0, forward.peer) {
+                            self.io.unsendable += 1;
+                        }
                     }
                 }
                 Source::Peer(allocation) => {
+                    // Here the whole slot (the core writes the header into its headroom).
                     if let Some(deliver) = self
                         .core
                         .handle_peer_datagram(now, allocation, from, slot, len)
-                        && let Some(&listener_key) =
-                            self.listeners.get(usize::from(deliver.listener.0))
                     {
-                        self.batch
-                            .queue(i, deliver.frame, listener_key, deliver.client);
+                        let range = in_slot(0, deliver.frame);
+                        let queued = match self.listeners.get(usize::from(deliver.listener.0)) {
+                            Some(&listener_key) => {
+                                self.batch.queue(i, range, listener_key, deliver.client)
+                            }
+                            None => false,
+                        };
+                        if !queued {
+                            self.io.unsendable += 1;
+                        }
                     }
                 }
             }
@@ -428,4 +444,10 @@ pub fn log_startup(config: &Config, listening: &[SocketAddr]) {
         config.ports.end(),
         config.realm
     );
+}
+
+/// A range the core returned, which indexes the buffer it was given, as a range of the
+/// receive slot that buffer starts `offset` bytes into.
+fn in_slot(offset: usize, range: std::ops::Range<usize>) -> std::ops::Range<usize> {
+    offset + range.start..offset + range.end
 }

@@ -1,4 +1,5 @@
-//! Send indications (RFC 8656 §10.2): the control-path way to relay data to a peer.
+//! Send indications (RFC 8656 §10.2): the control-path way to relay data to a peer. Decoded
+//! like a request, so unlike ChannelData it allocates (see `server`).
 
 use stun_codec::rfc5766::attributes::{Data, DontFragment, XorPeerAddress};
 
