@@ -1,5 +1,6 @@
+//! The `relay` binary: flags into a configuration, logging, the driver's loop, exit codes.
+
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use log::{error, info, warn};
@@ -93,7 +94,5 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    relay::driver::clock::now().unix_secs
 }

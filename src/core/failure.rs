@@ -8,7 +8,7 @@ use super::allocations::Refusal;
 use super::wire::Attribute;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
+pub(super) enum Failure {
     BadRequest,
     /// No or wrong credentials; carries a fresh nonce for the retry.
     Unauthorized {
@@ -30,7 +30,7 @@ pub enum Failure {
 
 /// A row of the error table: the STUN error code and its reason phrase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ErrorRow {
+pub(super) struct ErrorRow {
     pub code: u16,
     pub reason: &'static str,
 }
@@ -49,7 +49,7 @@ const fn row(code: u16, reason: &'static str) -> ErrorRow {
 }
 
 /// The error table, by code: every code a request's failure can be answered with.
-pub const ERROR_TABLE: [ErrorRow; 12] = [
+pub(super) const ERROR_TABLE: [ErrorRow; 12] = [
     row(400, "Bad Request"),
     // Empty: the 401 is the first answer every client gets, unauthenticated, and must
     // stay within 3x the smallest Allocate (see `admission`); the code says it all.
@@ -101,12 +101,12 @@ impl Failure {
         }
     }
 
-    pub fn code(&self) -> u16 {
+    pub(super) fn code(&self) -> u16 {
         self.parts().0.code
     }
 
     /// ERROR-CODE plus what the code requires (REALM+NONCE, UNKNOWN-ATTRIBUTES).
-    pub fn attributes(&self, realm: &str) -> Vec<Attribute> {
+    pub(super) fn attributes(&self, realm: &str) -> Vec<Attribute> {
         let (row, extra) = self.parts();
         let mut attributes = Vec::with_capacity(3);
         if let Ok(code) = ErrorCode::new(row.code, row.reason.to_owned()) {
@@ -132,7 +132,7 @@ impl Failure {
 }
 
 /// Every code a response can carry: 200 for success, then the error table's.
-pub const fn response_codes() -> [u16; ERROR_TABLE.len() + 1] {
+pub(super) const fn response_codes() -> [u16; ERROR_TABLE.len() + 1] {
     let mut codes = [200; ERROR_TABLE.len() + 1];
     let mut i = 0;
     while i < ERROR_TABLE.len() {

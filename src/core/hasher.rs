@@ -11,14 +11,14 @@
 use std::hash::{BuildHasher, DefaultHasher, Hasher};
 
 #[derive(Clone)]
-pub struct SeededState {
+pub(super) struct SeededState {
     /// SipHash with a secret prefix: the state after absorbing the key is secret. Kept
     /// absorbed, so that each hash starts from a copy instead of absorbing the key again.
     keyed: DefaultHasher,
 }
 
 impl SeededState {
-    pub fn new(key: [u64; 2]) -> Self {
+    pub(super) fn new(key: [u64; 2]) -> Self {
         let mut keyed = DefaultHasher::new();
         keyed.write_u64(key[0]);
         keyed.write_u64(key[1]);
@@ -43,7 +43,7 @@ const GATHER: usize = 64;
 
 /// SipHash over the concatenation of everything written, absorbed in as few calls as the
 /// buffer allows. The result is the same as writing those bytes to SipHash directly.
-pub struct GatheringHasher {
+pub(super) struct GatheringHasher {
     inner: DefaultHasher,
     buf: [u8; GATHER],
     len: usize,

@@ -46,8 +46,11 @@ pub const TAILROOM: usize = 3;
 /// the `datagram` given to `handle_client_datagram`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward {
+    /// The relay socket to send from.
     pub relay: RelayId,
+    /// The peer to send to.
     pub peer: SocketAddr,
+    /// The payload, in the buffer given to `handle_client_datagram`.
     pub payload: Range<usize>,
 }
 
@@ -55,8 +58,11 @@ pub struct Forward {
 /// indexes the `buf` given to `handle_peer_datagram` (it starts in the headroom).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deliver {
+    /// The listen socket to send from.
     pub listener: ListenerId,
+    /// The client to send to.
     pub client: SocketAddr,
+    /// The frame, in the buffer given to `handle_peer_datagram`.
     pub frame: Range<usize>,
 }
 
@@ -65,20 +71,29 @@ pub struct Deliver {
 pub enum Output {
     /// A STUN response (or a retransmitted one) to a client.
     ToClient {
+        /// The listen socket to send from.
         listener: ListenerId,
+        /// The client to send to.
         client: SocketAddr,
+        /// The encoded response.
         bytes: Vec<u8>,
     },
     /// Bind a UDP socket to `addr`, then report through `Server::handle_relay_opened`.
     OpenRelay {
+        /// The allocation the socket is for (echo it in `handle_relay_opened`).
         allocation: AllocationId,
+        /// The family of the socket.
         family: Family,
+        /// The address to bind.
         addr: SocketAddr,
         /// Set DF on everything this socket sends (the client sent DONT-FRAGMENT).
         dont_fragment: bool,
     },
     /// Close the relay socket; its allocation is gone.
-    CloseRelay { relay: RelayId },
+    CloseRelay {
+        /// The socket, as the driver named it.
+        relay: RelayId,
+    },
 }
 
 /// Why a relay socket could not be bound.
@@ -108,6 +123,7 @@ pub struct Server {
 }
 
 impl Server {
+    /// A server for `config`, its randomness drawn from `seed` (the driver's, from the OS).
     pub fn new(config: Config, seed: [u8; 32]) -> Self {
         let mut rng = Rng::new(seed);
         let nonces = NonceKey::new(rng.bytes32());
@@ -339,6 +355,7 @@ impl Server {
         }
     }
 
+    /// The next thing the driver must do, if any. Drain after every `handle_*`.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
     }
@@ -348,6 +365,7 @@ impl Server {
         self.allocations.next_deadline()
     }
 
+    /// What the core counted so far.
     pub fn counters(&self) -> &Counters {
         &self.counters
     }
@@ -365,6 +383,7 @@ impl Server {
         self.allocations.check()
     }
 
+    /// Allocations in the table, open or opening.
     pub fn allocation_count(&self) -> usize {
         self.allocations.len()
     }

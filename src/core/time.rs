@@ -5,6 +5,8 @@
 /// seconds for credential and nonce expiry. Both are read by the driver, never by the core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Now {
+    /// Monotonic time, for lifetimes and deadlines.
     pub instant: std::time::Instant,
+    /// Unix time in seconds, for credential and nonce expiry.
     pub unix_secs: u64,
 }

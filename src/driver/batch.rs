@@ -19,7 +19,7 @@ use crate::core::{HEADROOM, TAILROOM};
 
 /// Datagrams per recvmmsg, and so the budget of one socket per loop turn: a flooded socket
 /// yields to the others after this many.
-pub const BATCH: usize = 64;
+pub(super) const BATCH: usize = 64;
 /// The largest UDP payload (65,507 bytes over IPv4, 65,527 over IPv6) fits in a slot; the
 /// slots are allocated zeroed and untouched, so only the bytes datagrams actually used
 /// become resident memory.
@@ -59,7 +59,7 @@ struct Message {
 
 /// Slots, headers and address storage, set up once. The headers point into the boxed
 /// slices, whose heap memory never moves.
-pub struct Batch {
+pub(super) struct Batch {
     bufs: Box<[u8]>,
     recv_iovs: Box<[libc::iovec]>,
     sources: Box<[libc::sockaddr_storage]>,
@@ -79,13 +79,13 @@ unsafe impl Send for Batch {}
 
 /// Outcome of sending the queued datagrams.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Flushed {
+pub(super) struct Flushed {
     pub sent: u64,
     pub failed: u64,
 }
 
 impl Batch {
-    pub fn new() -> Batch {
+    pub(super) fn new() -> Batch {
         // SAFETY (all `mem::zeroed` below): all-zero is a valid value of these C structs.
         let zero_iov: libc::iovec = unsafe { mem::zeroed() };
         let zero_name: libc::sockaddr_storage = unsafe { mem::zeroed() };
@@ -120,7 +120,7 @@ impl Batch {
 
     /// Reads up to BATCH datagrams from `fd` (non-blocking). Ok(0) never happens: an empty
     /// socket is `WouldBlock`.
-    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub(super) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         for hdr in self.recv_hdrs.iter_mut() {
             hdr.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         }
@@ -143,7 +143,7 @@ impl Batch {
 
     /// Datagram `i` of the last `recv`: its source, its length, and its whole slot (the
     /// payload at `HEADROOM..HEADROOM + len`, TAILROOM spare bytes after the largest one).
-    pub fn datagram(&mut self, i: usize) -> (Option<SocketAddr>, usize, &mut [u8]) {
+    pub(super) fn datagram(&mut self, i: usize) -> (Option<SocketAddr>, usize, &mut [u8]) {
         let len = (self.recv_hdrs[i].msg_len as usize).min(SLOT_PAYLOAD);
         let source = from_sockaddr(&self.sources[i]);
         (source, len, &mut self.bufs[i * SLOT..(i + 1) * SLOT])
@@ -153,7 +153,7 @@ impl Batch {
     /// False (and nothing queued) if the queue is full or the range is not inside the slot,
     /// neither of which can happen with one send per received datagram.
     #[must_use]
-    pub fn queue(
+    pub(super) fn queue(
         &mut self,
         i: usize,
         range: Range<usize>,
@@ -174,7 +174,7 @@ impl Batch {
         true
     }
 
-    pub fn has_pending(&self) -> bool {
+    pub(super) fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
 
@@ -182,7 +182,7 @@ impl Batch {
     /// (so each flow keeps its order), runs to one destination as GSO messages. `fd_of` gives
     /// the descriptor of a slab key (None: the socket is gone, its datagrams are dropped and
     /// counted as failed).
-    pub fn flush(&mut self, fd_of: impl Fn(usize) -> Option<RawFd>) -> Flushed {
+    pub(super) fn flush(&mut self, fd_of: impl Fn(usize) -> Option<RawFd>) -> Flushed {
         let mut out = Flushed::default();
         let n = self.pending.len();
         // Bit j: pending[j] was put in a message (BATCH = 64 fits a u64).

@@ -4,6 +4,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::core::Now;
 
+/// The time now: the one place the relay reads the clock.
 pub fn now() -> Now {
     let unix_secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -51,6 +51,7 @@ const HTTP_FIRST_TOKEN: usize = 1 << 40;
 /// What the loop serves besides STUN/TURN.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
+    /// Where to serve metrics and health, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
     /// For process_start_time_seconds.
     pub start_time_unix: u64,
@@ -59,7 +60,9 @@ pub struct Options {
 /// I/O failures of the driver, counted, never fatal.
 #[derive(Debug, Default, Clone)]
 pub struct IoCounters {
+    /// Sends that failed (the datagram is lost).
     pub send_failed: u64,
+    /// Receives that failed.
     pub recv_failed: u64,
     /// Datagrams received without a usable source address (not IPv4/IPv6): unanswerable.
     pub recv_no_source: u64,
@@ -68,6 +71,7 @@ pub struct IoCounters {
     pub unsendable: u64,
 }
 
+/// The mio loop: sockets, the core, and the queues between them.
 pub struct Driver {
     poll: Poll,
     sockets: Slab<Socket>,
@@ -144,6 +148,7 @@ impl Driver {
         })
     }
 
+    /// The address the metrics listener is bound to, if any.
     pub fn metrics_address(&self) -> Option<SocketAddr> {
         self.http.as_ref().and_then(|h| h.local_addr().ok())
     }
@@ -420,10 +425,12 @@ impl Driver {
         }
     }
 
+    /// The core, for inspection.
     pub fn core(&self) -> &Server {
         &self.core
     }
 
+    /// The driver's own I/O counters.
     pub fn io_counters(&self) -> &IoCounters {
         &self.io
     }

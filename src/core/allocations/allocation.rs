@@ -13,11 +13,11 @@ use crate::core::ids::{Family, RelayId};
 
 /// Bounds on per-allocation state, so that one authenticated client cannot grow memory
 /// without limit. WebRTC clients use a handful of each.
-pub const MAX_PERMISSIONS: usize = 64;
-pub const MAX_CHANNELS: usize = 64;
+pub(crate) const MAX_PERMISSIONS: usize = 64;
+pub(crate) const MAX_CHANNELS: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RelaySocket {
+pub(crate) enum RelaySocket {
     /// Not requested for this allocation.
     None,
     /// The driver was asked to bind this port; `attempts` counts ports tried so far.
@@ -32,7 +32,7 @@ pub enum RelaySocket {
 }
 
 impl RelaySocket {
-    pub fn port(self) -> Option<u16> {
+    pub(crate) fn port(self) -> Option<u16> {
         match self {
             RelaySocket::None => None,
             RelaySocket::Opening { port, .. } | RelaySocket::Open { port, .. } => Some(port),
@@ -41,13 +41,13 @@ impl RelaySocket {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct Permission {
+pub(crate) struct Permission {
     pub ip: IpAddr,
     pub expires_at: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct Channel {
+pub(crate) struct Channel {
     pub number: u16,
     pub peer: SocketAddr,
     pub expires_at: Instant,
@@ -58,7 +58,7 @@ pub struct Channel {
 
 /// Why a ChannelBind cannot be honoured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BindRefusal {
+pub(crate) enum BindRefusal {
     /// The number is bound (or held) for another peer, or the peer for another number.
     Conflict,
     /// Too many channels on this allocation.
@@ -80,7 +80,7 @@ pub(crate) struct NewAllocation {
     pub(crate) reservation: Option<u64>,
 }
 
-pub struct Allocation {
+pub(crate) struct Allocation {
     pub client: ClientKey,
     pub username: String,
     pub key: [u8; 16],
@@ -130,28 +130,28 @@ impl Allocation {
         }
     }
 
-    pub fn relay(&self, family: Family) -> RelaySocket {
+    pub(crate) fn relay(&self, family: Family) -> RelaySocket {
         self.relays[family.index()]
     }
 
-    pub fn has_family(&self, family: Family) -> bool {
+    pub(crate) fn has_family(&self, family: Family) -> bool {
         self.relay(family) != RelaySocket::None
     }
 
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.relays
             .iter()
             .all(|r| !matches!(r, RelaySocket::Opening { .. }))
     }
 
-    pub fn has_permission(&self, ip: IpAddr, now: Instant) -> bool {
+    pub(crate) fn has_permission(&self, ip: IpAddr, now: Instant) -> bool {
         self.permissions
             .iter()
             .any(|p| p.ip == ip && now < p.expires_at)
     }
 
     /// Installs or refreshes the permission for `ip`. False when the allocation is full.
-    pub fn permit(&mut self, ip: IpAddr, now: Instant, lifetime: Duration) -> bool {
+    pub(crate) fn permit(&mut self, ip: IpAddr, now: Instant, lifetime: Duration) -> bool {
         let expires_at = now + lifetime;
         if let Some(p) = self.permissions.iter_mut().find(|p| p.ip == ip) {
             p.expires_at = expires_at;
@@ -168,7 +168,7 @@ impl Allocation {
     /// Whether the permissions for all of `ips` (sorted, without duplicates) can be installed
     /// without passing the bound. Linear in the table: each live permission is looked up in
     /// `ips` by binary search (permissions are unique per IP, see `permit`).
-    pub fn can_permit_all(&self, ips: &[IpAddr], now: Instant) -> bool {
+    pub(crate) fn can_permit_all(&self, ips: &[IpAddr], now: Instant) -> bool {
         debug_assert!(ips.windows(2).all(|w| w[0] < w[1]), "sorted and unique");
         let (mut live, mut present) = (0, 0);
         for p in self.permissions.iter().filter(|p| now < p.expires_at) {
@@ -182,7 +182,7 @@ impl Allocation {
 
     /// Installs or refreshes the permissions for all of `ips` (sorted, without duplicates),
     /// or none of them when they would not all fit. One pass over the table, not one per IP.
-    pub fn permit_all(&mut self, ips: &[IpAddr], now: Instant, lifetime: Duration) -> bool {
+    pub(crate) fn permit_all(&mut self, ips: &[IpAddr], now: Instant, lifetime: Duration) -> bool {
         if ips.len() > MAX_PERMISSIONS || !self.can_permit_all(ips, now) {
             return false;
         }
@@ -205,7 +205,7 @@ impl Allocation {
     }
 
     /// The peer of a bound (not expired) channel.
-    pub fn channel_peer(&self, number: u16, now: Instant) -> Option<SocketAddr> {
+    pub(crate) fn channel_peer(&self, number: u16, now: Instant) -> Option<SocketAddr> {
         self.channels
             .iter()
             .find(|c| c.number == number && now < c.expires_at)
@@ -213,7 +213,7 @@ impl Allocation {
     }
 
     /// The number of the bound channel to `peer`.
-    pub fn channel_to(&self, peer: SocketAddr, now: Instant) -> Option<u16> {
+    pub(crate) fn channel_to(&self, peer: SocketAddr, now: Instant) -> Option<u16> {
         self.channels
             .iter()
             .find(|c| c.peer == peer && now < c.expires_at)
@@ -221,7 +221,7 @@ impl Allocation {
     }
 
     /// Binds or refreshes channel `number` to `peer` (RFC 8656 §12.2 rules).
-    pub fn bind_channel(
+    pub(crate) fn bind_channel(
         &mut self,
         number: u16,
         peer: SocketAddr,
@@ -257,13 +257,13 @@ impl Allocation {
     }
 
     /// Drops permissions and channel reservations that are over at `now`.
-    pub fn sweep(&mut self, now: Instant) {
+    pub(crate) fn sweep(&mut self, now: Instant) {
         self.permissions.retain(|p| now < p.expires_at);
         self.channels.retain(|c| now < c.held_until);
     }
 
     /// The earliest moment something of this allocation is due.
-    pub fn next_deadline(&self) -> Instant {
+    pub(crate) fn next_deadline(&self) -> Instant {
         let permissions = self.permissions.iter().map(|p| p.expires_at);
         let channels = self.channels.iter().map(|c| c.held_until);
         permissions

@@ -12,11 +12,17 @@ use crate::core::ids::Family;
 /// zero. (The rate limiter's table is fixed-size and not counted.)
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Footprint {
+    /// Allocations in the table, open or opening.
     pub allocations: usize,
+    /// Entries of the client (5-tuple) index.
     pub five_tuples: usize,
+    /// Users with a per-user count (allocations or reservations).
     pub users_with_allocations: usize,
+    /// EVEN-PORT reservations waiting to be claimed.
     pub reservations: usize,
+    /// Relay ports taken from the pools, both families.
     pub ports_in_use: usize,
+    /// Outputs not yet drained by the driver.
     pub queued_outputs: usize,
     /// Whether any deadline is scheduled (the timer wheel is non-empty).
     pub timer_scheduled: bool,

@@ -9,11 +9,11 @@
 //! for an allocation that is gone; every live allocation and reservation has exactly one
 //! timer entry; the per-user counts are the allocations and reservations of each user.
 
-pub mod allocation;
+pub(super) mod allocation;
 mod invariants;
-pub mod ports;
-pub mod slots;
-pub mod timer_wheel;
+pub(super) mod ports;
+pub(super) mod slots;
+pub(super) mod timer_wheel;
 
 use std::collections::HashMap;
 use std::ops::RangeInclusive;

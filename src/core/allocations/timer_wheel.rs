@@ -28,7 +28,7 @@ const NIL: u32 = u32::MAX;
 
 /// What a deadline is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Due {
+pub(crate) enum Due {
     Allocation(AllocationId),
     /// A port held by EVEN-PORT's R bit, by its RESERVATION-TOKEN.
     Reservation(u64),
@@ -36,7 +36,7 @@ pub enum Due {
 
 /// The one entry of an allocation or reservation. Only its owner holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TimerHandle(u32);
+pub(crate) struct TimerHandle(u32);
 
 struct Entry {
     due: Due,
@@ -47,7 +47,7 @@ struct Entry {
     next: u32,
 }
 
-pub struct Timers {
+pub(crate) struct Timers {
     /// Tick 0; set by the first `schedule`.
     origin: Option<Instant>,
     /// The lowest tick not yet fired. Every entry's tick is in `cursor..cursor + SLOTS`, so a
@@ -76,7 +76,7 @@ impl Default for Timers {
 
 impl Timers {
     /// Files a new entry for `due` at `at`; `now` is the caller's present.
-    pub fn schedule(&mut self, now: Instant, at: Instant, due: Due) -> TimerHandle {
+    pub(crate) fn schedule(&mut self, now: Instant, at: Instant, due: Due) -> TimerHandle {
         let origin = *self.origin.get_or_insert(now);
         let tick = self.tick_for(origin, at);
         let slot = self.entries.insert(Entry {
@@ -93,7 +93,7 @@ impl Timers {
     }
 
     /// Moves the entry to a new deadline; the handle stays valid.
-    pub fn reschedule(&mut self, handle: TimerHandle, at: Instant) {
+    pub(crate) fn reschedule(&mut self, handle: TimerHandle, at: Instant) {
         let (Some(origin), Some(entry)) = (self.origin, self.entries.get(handle.0 as usize)) else {
             return;
         };
@@ -113,7 +113,7 @@ impl Timers {
     }
 
     /// Removes the entry of `due`. A handle that is not `due`'s is left alone.
-    pub fn cancel(&mut self, handle: TimerHandle, due: Due) {
+    pub(crate) fn cancel(&mut self, handle: TimerHandle, due: Due) {
         if self
             .entries
             .get(handle.0 as usize)
@@ -125,13 +125,13 @@ impl Timers {
     }
 
     /// When the earliest entry fires: the end of its second.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let tick = self.next_occupied()?;
         Some(self.origin? + tick_duration(tick))
     }
 
     /// Removes and returns one entry whose tick has come at `now`.
-    pub fn pop_due(&mut self, now: Instant) -> Option<Due> {
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<Due> {
         let origin = self.origin?;
         let elapsed = now.saturating_duration_since(origin).as_secs();
         match self.next_occupied() {
@@ -151,7 +151,7 @@ impl Timers {
     /// Removes and returns one entry whose exact deadline is at or before `now` though its
     /// tick has not come yet (it fires at the end of the current second). Walks that one
     /// bucket: for decisions that must not count what has just expired, after `pop_due`.
-    pub fn pop_due_exact(&mut self, now: Instant) -> Option<Due> {
+    pub(crate) fn pop_due_exact(&mut self, now: Instant) -> Option<Due> {
         let tick = self.next_occupied()?;
         let mut index = self.heads[bucket(tick)];
         while index != NIL {
@@ -165,7 +165,7 @@ impl Timers {
     }
 
     /// Live entries.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 

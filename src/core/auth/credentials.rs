@@ -10,7 +10,9 @@ use sha1::Sha1;
 
 /// Who an authenticated request is from, and the key that signs our answer.
 pub struct Credentials {
+    /// The USERNAME of the request.
     pub username: String,
+    /// The long-term key, which signs the answer.
     pub key: [u8; 16],
 }
 /// base64(HMAC-SHA1(secret, username)), standard alphabet with padding

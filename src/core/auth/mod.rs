@@ -2,7 +2,7 @@
 //! request's MESSAGE-INTEGRITY (RFC 8489 §9.2.4), and the byte credit that bounds answers to
 //! unauthenticated requests. Holds no allocation state.
 
-pub mod admission;
+pub(super) mod admission;
 pub(crate) mod authenticate;
 pub mod credentials;
-pub mod nonce;
+pub(super) mod nonce;

@@ -23,20 +23,20 @@ const MAX_FUTURE_SECS: u32 = 60;
 /// the wire from being replayed from elsewhere, without any per-client state.
 /// 16 characters, so that a 401 (ERROR-CODE, REALM, NONCE) stays within three
 /// times the size of the smallest Allocate that gets it (see `admission`).
-pub struct NonceKey {
+pub(crate) struct NonceKey {
     // Keyed once: cloning the HMAC state is cheaper than re-deriving it.
     mac: Hmac<Sha1>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NonceCheck {
+pub(crate) enum NonceCheck {
     Valid,
     Stale,
     Invalid,
 }
 
 impl NonceKey {
-    pub fn new(key: [u8; 32]) -> Self {
+    pub(crate) fn new(key: [u8; 32]) -> Self {
         // HMAC zero-pads short keys to the block size, so this is the same MAC
         // as keying with the 32 bytes, through the constructor that cannot fail.
         let mut block = [0u8; 64];
@@ -47,7 +47,7 @@ impl NonceKey {
         }
     }
 
-    pub fn issue(&self, unix_now: u64, client: SocketAddr) -> String {
+    pub(crate) fn issue(&self, unix_now: u64, client: SocketAddr) -> String {
         let issued = truncate_time(unix_now);
         let tag = self.mac(issued, client).finalize().into_bytes();
         let mut raw = [0u8; 4 + NONCE_MAC_LEN];
@@ -60,7 +60,7 @@ impl NonceKey {
     /// lifetime_secs old; Stale if the MAC matches but it is too old, or was issued
     /// more than 60 s in the future (clock step); Invalid if not our format or
     /// the MAC does not match. Ages are reckoned modulo 2^32 seconds (136 years).
-    pub fn check(
+    pub(crate) fn check(
         &self,
         nonce: &str,
         unix_now: u64,

@@ -56,7 +56,9 @@ use super::config::Config;
 /// What the peer address is used for: a permission ignores the port (RFC 8656 §10.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerUse {
+    /// CreatePermission: only the IP counts.
     Permission,
+    /// ChannelBind or Send: IP and port count.
     ChannelOrSend,
 }
 
@@ -174,6 +176,7 @@ impl PeerPolicy {
         self
     }
 
+    /// The relay's own sockets this policy refuses.
     pub fn own_sockets(&self) -> &OwnSockets {
         &self.own_sockets
     }
@@ -202,6 +205,7 @@ impl PeerPolicy {
         .with_own_sockets(OwnSockets::for_config(config))
     }
 
+    /// Whether a client may reach `peer` for `usage`.
     pub fn allows(&self, peer: SocketAddr, usage: PeerUse) -> bool {
         if usage == PeerUse::ChannelOrSend && peer.port() == 0 {
             return false;

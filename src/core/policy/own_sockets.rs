@@ -49,6 +49,7 @@ impl Prefix {
 }
 
 #[derive(Debug, Clone, Default)]
+/// The relay's own sockets (see the module docs).
 pub struct OwnSockets {
     /// Listen and metrics sockets: where, and on which port.
     services: Vec<(Prefix, u16)>,

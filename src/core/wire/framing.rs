@@ -10,19 +10,31 @@ use super::{HEADER_LEN, MAGIC_COOKIE, be16};
 
 /// What a datagram from a client is, judged by its framing alone.
 pub enum Framing {
+    /// A STUN message, by its header.
     Stun(Header),
-    ChannelData { channel: u16, payload: Range<usize> },
+    /// ChannelData (RFC 8656 §12.4).
+    ChannelData {
+        /// The channel number (0x4000-0x4FFF once bound; the first byte only says 0x40-0x4F).
+        channel: u16,
+        /// Where the application data is in the datagram.
+        payload: Range<usize>,
+    },
+    /// Neither, or a broken frame.
     Malformed,
 }
 
 /// The fixed STUN header, enough to answer even when the attributes cannot be decoded.
 #[derive(Debug, Clone, Copy)]
 pub struct Header {
+    /// Request, indication, success or error response.
     pub class: MessageClass,
+    /// The method (12 bits).
     pub method: u16,
+    /// The transaction ID.
     pub transaction_id: TransactionId,
 }
 
+/// What `datagram` is, by its first byte and framing.
 pub fn classify(datagram: &[u8]) -> Framing {
     match datagram.first() {
         Some(0x00..=0x3F) => stun_header(datagram).map_or(Framing::Malformed, Framing::Stun),

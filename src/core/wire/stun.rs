@@ -48,19 +48,26 @@ stun_codec::define_attribute_enums!(
 
 /// A STUN message from a client whose framing and attributes decoded.
 pub struct Decoded {
+    /// The fixed header.
     pub header: Header,
+    /// The attributes before MESSAGE-INTEGRITY, decoded.
     pub message: Message<Attribute>,
     /// Offset of MESSAGE-INTEGRITY in the datagram, if present.
     pub integrity: Option<usize>,
+    /// Whether a (valid) FINGERPRINT ends the message.
     pub fingerprint: bool,
 }
 
+/// Why a STUN datagram could not be decoded.
 pub enum DecodeError {
     /// Broken TLVs, a bad FINGERPRINT: drop silently (RFC 8489 §7.3).
     Drop,
     /// The header is fine but an attribute is not: a request gets 400, with FINGERPRINT
     /// when the request had a valid one.
-    BadAttributes { fingerprint: bool },
+    BadAttributes {
+        /// Whether the request ended in a valid FINGERPRINT (mirrored in the 400).
+        fingerprint: bool,
+    },
 }
 
 /// Attributes a request may carry (400 beyond). Real clients send about ten (Chrome, Firefox
@@ -100,6 +107,7 @@ pub fn layout(datagram: &[u8]) -> Result<integrity::IntegrityLayout, DecodeError
     Ok(layout)
 }
 
+/// Checks the framing (`layout`) and decodes the attributes of a STUN datagram.
 pub fn decode(datagram: &[u8], header: Header) -> Result<Decoded, DecodeError> {
     let layout = layout(datagram)?;
     decode_attributes(datagram, header, layout)
@@ -168,11 +176,13 @@ pub fn encode(message: Message<Attribute>, key: Option<&[u8]>, fingerprint: bool
     bytes
 }
 
+/// The method of a 12-bit method code.
 pub fn method(code: u16) -> Method {
     // Every u16 below 0x1000 is a valid method; our header parser yields at most 0x0FFF.
     Method::new(code & 0x0FFF).unwrap_or(stun_codec::rfc5389::methods::BINDING)
 }
 
+/// A message of `class` answering the transaction of `header`.
 pub fn new_message(class: MessageClass, header: &Header) -> Message<Attribute> {
     Message::new(class, method(header.method), header.transaction_id)
 }
