@@ -1,5 +1,18 @@
 //! The sans-IO core: pure state machines, datagrams and time in, decisions out.
 //! It never reads a clock, the OS random source or a socket.
+//!
+//! Its parts:
+//! - `wire`: classifying a datagram, decoding and encoding STUN, MESSAGE-INTEGRITY and
+//!   FINGERPRINT, the frames written around a peer's payload. No state.
+//! - `auth`: REST credentials, stateless nonces, the MESSAGE-INTEGRITY check, the admission
+//!   of unauthenticated answers. No allocations.
+//! - `allocations`: the one owner of what allocations hold (slots, client index, quotas,
+//!   ports, reservations, the timer wheel). No outputs.
+//! - `policy`: which peers a client may reach. No I/O.
+//! - `server` (with `requests/`, one file per method): dispatch, the output queue, the
+//!   public API (`Server`).
+//! - `client` (who a client is: transport and address), `time` (`Now`), `failure` (the
+//!   error table), `config`, `counters`, `ids`, and the seeded `rng` and `hasher`.
 
 mod allocations;
 mod auth;
