@@ -250,7 +250,7 @@ impl Server {
             self.counters.malformed += 1;
             return None;
         }
-        let client = a.client;
+        let client = a.client();
         let frame = match a.channel_to(from, now) {
             Some(number) => write_channel_data_header(buf, HEADROOM, len, number),
             None => {

@@ -81,7 +81,8 @@ pub(crate) struct NewAllocation {
 }
 
 pub(crate) struct Allocation {
-    pub client: ClientKey,
+    /// Its key in the owner's client index: never changed after `create`.
+    pub(super) client: ClientKey,
     pub username: String,
     pub key: [u8; 16],
     pub expires_at: Instant,
@@ -108,6 +109,11 @@ pub(crate) struct Allocation {
 }
 
 impl Allocation {
+    /// The client (5-tuple) this allocation belongs to.
+    pub(crate) fn client(&self) -> ClientKey {
+        self.client
+    }
+
     pub(super) fn new(new: NewAllocation) -> Self {
         Allocation {
             client: new.client,

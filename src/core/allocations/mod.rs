@@ -129,10 +129,20 @@ impl Allocations {
         self.slots.get(id)
     }
 
-    /// For the protocol state of an allocation (permissions, channels, lifetime, the
-    /// Allocate's answer). A changed deadline must be followed by `reschedule`.
-    pub(crate) fn get_mut(&mut self, id: AllocationId) -> Option<&mut Allocation> {
-        self.slots.get_mut(id)
+    /// Changes the protocol state of an allocation (lifetime, permissions, channels, the
+    /// Allocate's answer) and, if `change` succeeds, files its timer entry at its new next
+    /// deadline. `None` if the allocation is gone.
+    pub(crate) fn update<R, E>(
+        &mut self,
+        id: AllocationId,
+        now: Instant,
+        change: impl FnOnce(&mut Allocation) -> Result<R, E>,
+    ) -> Option<Result<R, E>> {
+        let result = change(self.slots.get_mut(id)?);
+        if result.is_ok() {
+            self.reschedule(id, now);
+        }
+        Some(result)
     }
 
     /// The allocation of a client, whatever its state (opening, expired but not yet fired).
@@ -408,8 +418,8 @@ impl Allocations {
     }
 
     /// Files the allocation's one timer entry at its next deadline (moving it if it has
-    /// one). Called when it goes live and after every change of a deadline.
-    pub(crate) fn reschedule(&mut self, id: AllocationId, now: Instant) {
+    /// one). Called when it goes live and after every change of a deadline (`update`).
+    fn reschedule(&mut self, id: AllocationId, now: Instant) {
         let Some(allocation) = self.slots.get_mut(id) else {
             return;
         };

@@ -196,7 +196,7 @@ impl Server {
         let remaining = allocation.expires_at.saturating_duration_since(now.instant);
         attributes.push(lifetime_attribute(remaining));
         attributes.push(Attribute::XorMappedAddress(XorMappedAddress::new(
-            allocation.client.addr,
+            allocation.client().addr,
         )));
         if let Some(token) = allocation.reservation {
             attributes.push(Attribute::ReservationToken(ReservationToken::new(token)));
@@ -207,12 +207,14 @@ impl Server {
             response.add_attribute(attribute);
         }
         let bytes = message::encode(response, Some(&allocation.key), requester.fingerprint);
-        if let Some(allocation) = self.allocations.get_mut(id) {
-            allocation.allocate_response = Some(bytes.clone());
-        }
+        // Live from now on: its timer entry is filed.
+        let answer = bytes.clone();
+        self.allocations.update(id, now.instant, |allocation| {
+            allocation.allocate_response = Some(answer);
+            Ok::<(), Failure>(())
+        });
         self.counters.allocations_created += 1;
         self.counters.count_response(ALLOCATE.as_u16(), 200);
-        self.allocations.reschedule(id, now.instant);
         self.reply(requester.client, bytes);
     }
 
@@ -232,7 +234,7 @@ impl Server {
 
     pub(super) fn allocate_requester(&self, allocation: &Allocation) -> Requester {
         Requester {
-            client: allocation.client,
+            client: allocation.client(),
             header: Header {
                 class: MessageClass::Request,
                 method: ALLOCATE.as_u16(),

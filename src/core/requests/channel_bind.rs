@@ -27,27 +27,26 @@ impl Server {
         let peer = peer.address();
         self.check_peer(id, peer, PeerUse::ChannelOrSend)?;
         let limits = self.config.lifetimes;
-        let allocation = self
-            .allocations
-            .get_mut(id)
-            .ok_or(Failure::AllocationMismatch)?;
-        if !allocation.can_permit_all(&[peer.ip()], now.instant) {
-            return Err(Failure::InsufficientCapacity);
-        }
-        allocation
-            .bind_channel(
-                number.value(),
-                peer,
-                now.instant,
-                limits.channel,
-                limits.channel_hold,
-            )
-            .map_err(|refusal| match refusal {
-                BindRefusal::Conflict => Failure::BadRequest,
-                BindRefusal::Full => Failure::InsufficientCapacity,
-            })?;
-        allocation.permit(peer.ip(), now.instant, limits.permission);
-        self.allocations.reschedule(id, now.instant);
-        Ok(Vec::new())
+        self.allocations
+            .update(id, now.instant, |allocation| {
+                if !allocation.can_permit_all(&[peer.ip()], now.instant) {
+                    return Err(Failure::InsufficientCapacity);
+                }
+                allocation
+                    .bind_channel(
+                        number.value(),
+                        peer,
+                        now.instant,
+                        limits.channel,
+                        limits.channel_hold,
+                    )
+                    .map_err(|refusal| match refusal {
+                        BindRefusal::Conflict => Failure::BadRequest,
+                        BindRefusal::Full => Failure::InsufficientCapacity,
+                    })?;
+                allocation.permit(peer.ip(), now.instant, limits.permission);
+                Ok(Vec::new())
+            })
+            .ok_or(Failure::AllocationMismatch)?
     }
 }

@@ -55,15 +55,16 @@ impl Server {
             }
         }
         let lifetime = self.config.lifetimes.permission;
-        let allocation = self
-            .allocations
-            .get_mut(id)
-            .ok_or(Failure::AllocationMismatch)?;
-        if !allocation.permit_all(&ips[..unique], now.instant, lifetime) {
-            return Err(Failure::InsufficientCapacity);
-        }
-        self.allocations.reschedule(id, now.instant);
-        Ok(Vec::new())
+        let ips = &ips[..unique];
+        self.allocations
+            .update(id, now.instant, |allocation| {
+                if allocation.permit_all(ips, now.instant, lifetime) {
+                    Ok(Vec::new())
+                } else {
+                    Err(Failure::InsufficientCapacity)
+                }
+            })
+            .ok_or(Failure::AllocationMismatch)?
     }
 
     /// The peer's family must be one the allocation relays (443), and policy must allow it (403).

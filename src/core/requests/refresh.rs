@@ -24,7 +24,7 @@ impl Server {
         let lifetime = self.granted_lifetime(requested);
         let allocation = self
             .allocations
-            .get_mut(id)
+            .get(id)
             .ok_or(Failure::AllocationMismatch)?;
         if let Some(family) = message.get_attribute::<RequestedAddressFamily>()
             && !allocation.has_family(family_of(family.address_family()))
@@ -35,9 +35,12 @@ impl Server {
             self.remove_allocation(id);
             return Ok(vec![lifetime_attribute(Duration::ZERO)]);
         }
-        allocation.expires_at = now.instant + lifetime;
-        self.allocations.reschedule(id, now.instant);
-        Ok(vec![lifetime_attribute(lifetime)])
+        self.allocations
+            .update(id, now.instant, |allocation| {
+                allocation.expires_at = now.instant + lifetime;
+                Ok(vec![lifetime_attribute(lifetime)])
+            })
+            .ok_or(Failure::AllocationMismatch)?
     }
 
     /// The lifetime an Allocate or a non-zero Refresh gets (RFC 8656 §7.2, §7.3): the
