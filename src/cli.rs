@@ -10,6 +10,7 @@ use crate::core::credentials::rest_api_password;
 use crate::core::{Cidr, Config, Lifetimes, RelayAddress};
 use crate::driver::interfaces;
 
+/// The realm used when `--realm` is not given.
 pub const DEFAULT_REALM: &str = "relay";
 /// Dual-stack by default; IPv6 sockets are IPV6_V6ONLY so both can bind port 3478.
 pub const DEFAULT_LISTEN: [&str; 2] = ["0.0.0.0:3478", "[::]:3478"];
@@ -20,6 +21,9 @@ pub const DEFAULT_LISTEN: [&str; 2] = ["0.0.0.0:3478", "[::]:3478"];
     version,
     about = "A STUN/TURN relay server (RFC 8489, RFC 8656) on one mio loop."
 )]
+// The command line: every flag, each with an environment variable. (Not a doc comment:
+// clap would make it the help text.)
+#[allow(missing_docs)]
 pub struct Args {
     /// Address to listen on for STUN/TURN over UDP (repeatable).
     #[arg(
@@ -135,16 +139,20 @@ pub struct Args {
     pub test_lifetime: Option<u64>,
 
     #[command(subcommand)]
+    #[allow(missing_docs)] // a subcommand instead of running the relay
     pub command: Option<Subcommand>,
 }
 
 #[derive(Debug, clap::Subcommand)]
+#[allow(missing_docs)] // what to do instead of relaying; clap documents the variants
 pub enum Subcommand {
     /// Print a TURN REST API username/password minted from a secret, and exit.
     Credentials(CredentialsArgs),
 }
 
 #[derive(Debug, clap::Args)]
+// The flags of `credentials` (not a doc comment: clap would make it the help text).
+#[allow(missing_docs)]
 pub struct CredentialsArgs {
     /// The shared secret. Given a list (as the relays take it, `RELAY_AUTH_SECRET=NEW,OLD`),
     /// credentials are minted from the first: the newest during a rotation.
@@ -198,14 +206,17 @@ pub fn mint_credentials(args: &CredentialsArgs, unix_now: u64) -> Result<String,
 
 /// A configuration ready to run, plus what start-up should tell the operator.
 pub struct Settings {
+    /// The core's configuration.
     pub config: Config,
     /// Set when the secret was generated for this run: log a username/password.
     pub generated_secret: Option<String>,
     /// Decisions start-up should log (defaults that had to change).
     pub notes: Vec<String>,
+    /// Where to serve /metrics, /live and /health, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
 }
 
+/// Validates the flags into the core's `Config` and the driver's settings.
 pub fn settings(
     mut args: Args,
     random_secret: impl FnOnce() -> String,

@@ -1,4 +1,5 @@
-//! The `relay` binary: flags, logging, the OS random seed, then the driver's loop.
+//! The `relay` binary: flags into a configuration, logging, the OS random seed, the driver's
+//! loop, exit codes.
 
 #![forbid(unsafe_code)]
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]

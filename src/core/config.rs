@@ -4,8 +4,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
-use super::cidr::Cidr;
 use super::ids::Family;
+use super::policy::cidr::Cidr;
 
 /// Where relay sockets of one family are bound, and the address clients are told about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,20 +17,27 @@ pub struct RelayAddress {
 }
 
 #[derive(Debug, Clone)]
+/// The core's configuration, validated by the CLI.
 pub struct Config {
     /// Listen sockets; a `ListenerId` is an index into this list.
     pub listeners: Vec<SocketAddr>,
+    /// The REALM of every challenge and of the long-term key.
     pub realm: String,
     /// TURN REST API shared secrets; credentials minted from any of them are accepted.
     pub auth_secrets: Vec<Vec<u8>>,
     /// Relayed addresses per family; `None` means the relay cannot allocate that family.
     pub relay_v4: Option<RelayAddress>,
+    /// Where IPv6 relay sockets are bound, if the relay has IPv6.
     pub relay_v6: Option<RelayAddress>,
+    /// The relay ports (both families).
     pub ports: RangeInclusive<u16>,
+    /// Allow loopback peers (for tests on one host).
     pub allow_loopback_peers: bool,
     /// Operator overrides of the peer-address policy (`--allow-peer`, `--deny-peer`).
     pub allow_peers: Vec<Cidr>,
+    /// Operator prefixes peers may not be in (`--deny-peer`).
     pub deny_peers: Vec<Cidr>,
+    /// RFC 8656 lifetimes.
     pub lifetimes: Lifetimes,
     /// Live allocations one user may hold (486 beyond). The user is the `<id>` part of a
     /// REST API username, or the whole username without one.
@@ -51,6 +58,7 @@ pub struct Config {
 }
 
 impl Config {
+    /// The relay address of `family`, if the relay has one.
     pub fn relay_address(&self, family: Family) -> Option<RelayAddress> {
         match family {
             Family::V4 => self.relay_v4,
@@ -62,12 +70,17 @@ impl Config {
 /// RFC 8656 lifetimes; configurable only so that tests and operators can shorten them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lifetimes {
+    /// An allocation's lifetime when the request asks for less or nothing (600 s).
     pub allocation_default: Duration,
+    /// The longest lifetime granted (3600 s).
     pub allocation_max: Duration,
+    /// A permission's lifetime (300 s).
     pub permission: Duration,
+    /// A channel binding's lifetime (600 s).
     pub channel: Duration,
     /// How long a channel number and its peer stay reserved after the binding expires.
     pub channel_hold: Duration,
+    /// How long a nonce stays fresh, in seconds.
     pub nonce_secs: u64,
 }
 

@@ -1,6 +1,9 @@
 //! Counters of everything the core drops or relays. Bad input is counted, not logged.
 
+use super::failure::{ERROR_TABLE, response_codes};
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// What the core counted since it started.
 pub struct Counters {
     /// Responses sent, by method and code (see `RESPONSE_METHODS`, `RESPONSE_CODES`).
     pub responses: [[u64; RESPONSE_CODES.len()]; RESPONSE_METHODS.len()],
@@ -21,12 +24,19 @@ pub struct Counters {
     pub send_dropped: u64,
     /// Datagrams for an allocation that no longer exists (in flight while it closed).
     pub peer_no_allocation: u64,
+    /// Datagrams relayed from clients to peers.
     pub relayed_to_peer_packets: u64,
+    /// Their payload bytes.
     pub relayed_to_peer_bytes: u64,
+    /// Datagrams relayed from peers to clients.
     pub relayed_to_client_packets: u64,
+    /// Their payload bytes.
     pub relayed_to_client_bytes: u64,
+    /// Allocations answered with success.
     pub allocations_created: u64,
+    /// Allocations removed because their lifetime ran out.
     pub allocations_expired: u64,
+    /// Relay socket opens that failed (each port tried counts).
     pub relay_open_failed: u64,
     /// Datagrams from one of the relay's own sockets (a relay socket or a listen socket as a
     /// client, a listen socket as a peer): dropped unanswered, so the relay never loops.
@@ -44,12 +54,12 @@ pub const RESPONSE_METHODS: [(u16, &str); 6] = [
     (0x009, "channel_bind"),
     (0xFFFF, "other"),
 ];
-/// Codes responses are counted by; 200 stands for success.
-pub const RESPONSE_CODES: [u16; 13] = [
-    200, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 486, 508,
-];
+/// Codes responses are counted by: 200 for success, then every code of the error table
+/// (`failure::ERROR_TABLE`).
+pub const RESPONSE_CODES: [u16; ERROR_TABLE.len() + 1] = response_codes();
 
 impl Counters {
+    /// Counts a response of `method` with `code` (200 for success).
     pub fn count_response(&mut self, method: u16, code: u16) {
         let m = RESPONSE_METHODS
             .iter()
@@ -66,11 +76,15 @@ impl Counters {
 pub struct Gauges {
     /// Indexed by `Family::index()`.
     pub allocations: [usize; 2],
+    /// Live permissions, by family.
     pub permissions: [usize; 2],
+    /// Bound channels, by family.
     pub channels: [usize; 2],
     /// Ports held by allocations (and binds in flight), by EVEN-PORT reservations, and free;
     /// together the configured range.
     pub ports_used: [usize; 2],
+    /// Ports held by EVEN-PORT reservations.
     pub ports_reserved: [usize; 2],
+    /// Ports free to allocate.
     pub ports_free: [usize; 2],
 }

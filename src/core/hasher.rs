@@ -2,8 +2,8 @@
 //! random source inside the core; this one takes its key from the core's seeded RNG, so maps
 //! stay deterministic in tests and unpredictable (hash-flooding resistant) in production.
 //!
-//! A key such as `(ListenerId, SocketAddr)` reaches the hasher as five small writes
-//! (a discriminant, a length, the IP bytes, the port...). SipHash pays a call and its
+//! A key such as a `ClientKey` (transport, socket address) reaches the hasher as several
+//! small writes (a discriminant, a length, the IP bytes, the port...). SipHash pays a call and its
 //! buffering for each, which the relay's profile showed as half the instructions of a
 //! relayed ChannelData packet. So the writes are gathered here first and SipHash absorbs
 //! them in one call.
@@ -11,14 +11,14 @@
 use std::hash::{BuildHasher, DefaultHasher, Hasher};
 
 #[derive(Clone)]
-pub struct SeededState {
+pub(super) struct SeededState {
     /// SipHash with a secret prefix: the state after absorbing the key is secret. Kept
     /// absorbed, so that each hash starts from a copy instead of absorbing the key again.
     keyed: DefaultHasher,
 }
 
 impl SeededState {
-    pub fn new(key: [u64; 2]) -> Self {
+    pub(super) fn new(key: [u64; 2]) -> Self {
         let mut keyed = DefaultHasher::new();
         keyed.write_u64(key[0]);
         keyed.write_u64(key[1]);
@@ -38,12 +38,12 @@ impl BuildHasher for SeededState {
     }
 }
 
-/// Bytes gathered before SipHash absorbs them: a whole IPv6 `(ListenerId, SocketAddr)`.
+/// Bytes gathered before SipHash absorbs them: a whole IPv6 `ClientKey`.
 const GATHER: usize = 64;
 
 /// SipHash over the concatenation of everything written, absorbed in as few calls as the
 /// buffer allows. The result is the same as writing those bytes to SipHash directly.
-pub struct GatheringHasher {
+pub(super) struct GatheringHasher {
     inner: DefaultHasher,
     buf: [u8; GATHER],
     len: usize,

@@ -15,20 +15,26 @@ pub struct RelayId(pub usize);
 /// generation is not, so a stale name never reaches a later allocation in the same slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AllocationId {
+    /// The slab slot, reused once the allocation is gone.
     pub slot: usize,
+    /// Never reused: tells the allocation from later ones in its slot.
     pub generation: u64,
 }
 
 /// Address family of a relayed address or a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Family {
+    /// IPv4.
     V4,
+    /// IPv6.
     V6,
 }
 
 impl Family {
+    /// Both families, in index order.
     pub const ALL: [Family; 2] = [Family::V4, Family::V6];
 
+    /// The family of an IP address.
     pub fn of(ip: IpAddr) -> Family {
         match ip {
             IpAddr::V4(_) => Family::V4,
@@ -36,6 +42,7 @@ impl Family {
         }
     }
 
+    /// The family of a socket address.
     pub fn of_addr(addr: SocketAddr) -> Family {
         Family::of(addr.ip())
     }
@@ -47,12 +54,4 @@ impl Family {
             Family::V6 => 1,
         }
     }
-}
-
-/// The time as the core sees it: a monotonic instant for lifetimes and the Unix time in
-/// seconds for credential and nonce expiry. Both are read by the driver, never by the core.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Now {
-    pub instant: std::time::Instant,
-    pub unix_secs: u64,
 }

@@ -39,39 +39,52 @@
 //! std's randomly seeded hash maps in the library.
 //!
 //! This is the shape of quinn-proto's `Connection` and str0m's `Rtc`.
+//!
+//! # Its parts
+//!
+//! - `wire`: classifying a datagram, decoding and encoding STUN, MESSAGE-INTEGRITY and
+//!   FINGERPRINT, the frames written around a peer's payload. No state.
+//! - `auth`: REST credentials, stateless nonces, the MESSAGE-INTEGRITY check, the admission
+//!   of unauthenticated answers. No allocations.
+//! - `allocations`: the one owner of what allocations hold (slots, client index, quotas,
+//!   ports, reservations, the timer wheel). No outputs.
+//! - `policy`: which peers a client may reach. No I/O.
+//! - `server` (with `requests/`, one file per method): dispatch, the output queue, the
+//!   public API (`Server`).
+//! - `client` (who a client is: transport and address), `time` (`Now`), `failure` (the
+//!   error table), `config`, `counters`, `ids`, and the seeded `rng` and `hasher`.
 
 #![forbid(unsafe_code)]
 
-mod admission;
-mod allocation;
-mod allocation_table;
+mod allocations;
 mod auth;
-pub mod cidr;
+pub mod client;
 pub mod config;
 pub mod counters;
-pub mod credentials;
-mod errors;
-mod framing;
+mod failure;
 mod hasher;
 pub mod ids;
-pub mod integrity;
-mod invariants;
-pub mod message;
-pub mod own_sockets;
 mod policy;
-mod ports;
-mod requests;
 mod rng;
 mod server;
-mod timer;
+pub mod time;
+pub mod wire;
 
-pub use cidr::{Cidr, CidrError};
+// The paths tests, fuzzers and tools have always used.
+pub use auth::credentials;
+pub use policy::{cidr, own_sockets};
+pub use wire as message;
+pub use wire::integrity;
+
+pub use allocations::Footprint;
+#[doc(hidden)] // for the timer-wheel bench (contrib/bench/src/bin/timer_wheel.rs) only
+pub use allocations::timer_wheel::{Due, TimerHandle, Timers};
+pub use client::{ClientKey, Transport};
 pub use config::{Config, Lifetimes, RelayAddress};
 pub use counters::{Counters, Gauges};
-pub use ids::{AllocationId, Family, ListenerId, Now, RelayId};
-pub use invariants::Footprint;
-pub use own_sockets::OwnSockets;
+pub use ids::{AllocationId, Family, ListenerId, RelayId};
+pub use policy::cidr::{Cidr, CidrError};
+pub use policy::own_sockets::OwnSockets;
 pub use policy::{PeerPolicy, PeerUse};
 pub use server::{Deliver, Forward, HEADROOM, OpenError, Output, Server, TAILROOM};
-#[doc(hidden)] // for the timer-wheel bench (contrib/bench/src/bin/timer_wheel.rs) only
-pub use timer::{Due, TimerHandle, Timers};
+pub use time::Now;

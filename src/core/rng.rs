@@ -5,17 +5,17 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha1::Sha1;
 
-pub struct Rng {
+pub(super) struct Rng {
     seed: [u8; 32],
     counter: u64,
 }
 
 impl Rng {
-    pub fn new(seed: [u8; 32]) -> Self {
+    pub(super) fn new(seed: [u8; 32]) -> Self {
         Rng { seed, counter: 0 }
     }
 
-    pub fn next_u64(&mut self) -> u64 {
+    pub(super) fn next_u64(&mut self) -> u64 {
         self.counter += 1;
         let digest = self.block(self.counter);
         let mut word = [0u8; 8];
@@ -24,11 +24,11 @@ impl Rng {
     }
 
     /// A value in `0..bound` (bound > 0); the modulo bias is below 2^-40 for our bounds.
-    pub fn below(&mut self, bound: usize) -> usize {
+    pub(super) fn below(&mut self, bound: usize) -> usize {
         (self.next_u64() % bound.max(1) as u64) as usize
     }
 
-    pub fn bytes32(&mut self) -> [u8; 32] {
+    pub(super) fn bytes32(&mut self) -> [u8; 32] {
         let mut out = [0u8; 32];
         for chunk in out.chunks_mut(8) {
             chunk.copy_from_slice(&self.next_u64().to_le_bytes());

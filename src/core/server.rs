@@ -1,28 +1,40 @@
 //! The sans-IO TURN server: datagrams and time in, outputs out. `handle_*` take input,
-//! `poll_output`/`poll_timeout` give what the driver must do next. The data path
-//! (ChannelData, Send, peer datagrams) answers through return values and never allocates.
+//! `poll_output`/`poll_timeout` give what the driver must do next.
+//!
+//! The data path answers through return values (`Forward`, `Deliver`), whose ranges index
+//! the buffer given to that same call: the datagram for `handle_client_datagram`, the whole
+//! buffer with its headroom for `handle_peer_datagram`. ChannelData and peer datagrams are
+//! relayed without allocating. A Send indication is not: it is decoded like a request (its
+//! head copied for stun_codec, which builds an attribute list; its TLVs walked by the count
+//! check, `locate`, the decoder and `attribute_value`). It is the control-path way to send
+//! data, which WebRTC clients leave as soon as a channel is bound.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Instant;
 
 use stun_codec::MessageClass;
 
-use super::admission::Admission;
-use super::allocation::{Allocation, RelaySocket};
-use super::allocation_table::AllocationTable;
+use super::allocations::allocation::RelaySocket;
+use super::allocations::{Allocations, Expired, Footprint, Opened, RelaysToClose};
+use super::auth::admission::Admission;
+use super::auth::nonce::NonceKey;
+use super::client::{ClientKey, Transport};
 use super::config::Config;
 use super::counters::{Counters, Gauges};
-use super::credentials::NonceKey;
-use super::framing::{write_channel_data_header, write_data_indication_header};
 use super::hasher::SeededState;
-use super::ids::{AllocationId, Family, ListenerId, Now, RelayId};
-use super::message::{self, Framing, Header};
+use super::ids::{AllocationId, Family, ListenerId, RelayId};
 use super::policy::PeerPolicy;
-use super::ports::PortPool;
 use super::rng::Rng;
-use super::timer::{Due, TimerHandle, Timers};
+use super::time::Now;
+use super::wire::relayed_frames::{write_channel_data_header, write_data_indication_header};
+use super::wire::{self as message, Framing, Header};
+
+// The request handlers are `Server`'s own methods, one file per method under `requests/`;
+// as a child module they see its private fields, which nothing else does.
+#[path = "requests/mod.rs"]
+mod requests;
 
 /// Bytes the driver leaves free in front of a peer datagram, so the core can write the
 /// ChannelData header (4 bytes) or a Data indication header (up to 48 bytes) in place.
@@ -30,19 +42,27 @@ pub const HEADROOM: usize = 48;
 /// Bytes after the payload the buffer must have for a Data indication's padding.
 pub const TAILROOM: usize = 3;
 
-/// Send this slice of the datagram just handled from `relay` to `peer`.
+/// Send this slice of the datagram just handled from `relay` to `peer`. `payload` indexes
+/// the `datagram` given to `handle_client_datagram`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward {
+    /// The relay socket to send from.
     pub relay: RelayId,
+    /// The peer to send to.
     pub peer: SocketAddr,
+    /// The payload, in the buffer given to `handle_client_datagram`.
     pub payload: Range<usize>,
 }
 
-/// Send this slice of the peer datagram's buffer to `client` from `listener`.
+/// Send this slice of the peer datagram's buffer to `client` from `listener`. `frame`
+/// indexes the `buf` given to `handle_peer_datagram` (it starts in the headroom).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deliver {
+    /// The listen socket to send from.
     pub listener: ListenerId,
+    /// The client to send to.
     pub client: SocketAddr,
+    /// The frame, in the buffer given to `handle_peer_datagram`.
     pub frame: Range<usize>,
 }
 
@@ -51,20 +71,29 @@ pub struct Deliver {
 pub enum Output {
     /// A STUN response (or a retransmitted one) to a client.
     ToClient {
+        /// The listen socket to send from.
         listener: ListenerId,
+        /// The client to send to.
         client: SocketAddr,
+        /// The encoded response.
         bytes: Vec<u8>,
     },
     /// Bind a UDP socket to `addr`, then report through `Server::handle_relay_opened`.
     OpenRelay {
+        /// The allocation the socket is for (echo it in `handle_relay_opened`).
         allocation: AllocationId,
+        /// The family of the socket.
         family: Family,
+        /// The address to bind.
         addr: SocketAddr,
         /// Set DF on everything this socket sends (the client sent DONT-FRAGMENT).
         dont_fragment: bool,
     },
     /// Close the relay socket; its allocation is gone.
-    CloseRelay { relay: RelayId },
+    CloseRelay {
+        /// The socket, as the driver named it.
+        relay: RelayId,
+    },
 }
 
 /// Why a relay socket could not be bound.
@@ -76,38 +105,17 @@ pub enum OpenError {
     Other,
 }
 
-/// A relay port held by EVEN-PORT's R bit until claimed or expired.
-#[derive(Debug, Clone)]
-pub(super) struct Reservation {
-    pub family: Family,
-    pub port: u16,
-    pub expires_at: Instant,
-    /// Its one entry in the timer wheel.
-    pub timer: TimerHandle,
-    /// Whose quota it counts against (`quota_user` of the Allocate that reserved it).
-    pub user: String,
-}
-
+/// The TURN server's state: the protocol core the driver feeds (see the module docs).
 pub struct Server {
-    pub(super) config: Config,
-    pub(super) policy: PeerPolicy,
-    pub(super) allocations: AllocationTable,
-    pub(super) by_client: HashMap<(ListenerId, SocketAddr), AllocationId, SeededState>,
-    pub(super) ports: [PortPool; 2],
-    pub(super) timers: Timers,
-    pub(super) nonces: NonceKey,
-    pub(super) rng: Rng,
-    pub(super) outputs: VecDeque<Output>,
-    pub(super) counters: Counters,
-    /// Live allocations and reservations per user, for `max_allocations_per_user`.
-    pub(super) user_allocations: HashMap<String, usize, SeededState>,
-    pub(super) unauthenticated_answers: Admission,
-    /// Ports held for a later Allocate with RESERVATION-TOKEN, by token.
-    pub(super) reservations: HashMap<u64, Reservation, SeededState>,
-    /// Ports of relay sockets still being opened for an allocation that is gone. They stay
-    /// taken until the driver's completion arrives: until then the bind may still succeed,
-    /// and handing the port to another allocation would race with it.
-    pub(super) orphaned_opens: HashMap<(AllocationId, Family), u16, SeededState>,
+    config: Config,
+    policy: PeerPolicy,
+    /// Everything allocations own: slots, client index, quotas, ports, timers.
+    allocations: Allocations,
+    nonces: NonceKey,
+    rng: Rng,
+    outputs: VecDeque<Output>,
+    counters: Counters,
+    unauthenticated_answers: Admission,
     /// Transaction IDs of Data indications: a random prefix and a counter, so the data path
     /// needs no call into the RNG.
     indication_prefix: [u8; 8],
@@ -115,27 +123,17 @@ pub struct Server {
 }
 
 impl Server {
+    /// A server for `config`, its randomness drawn from `seed` (the driver's, from the OS).
     pub fn new(config: Config, seed: [u8; 32]) -> Self {
         let mut rng = Rng::new(seed);
         let nonces = NonceKey::new(rng.bytes32());
-        let hash_key = [rng.next_u64(), rng.next_u64()];
+        let hasher = SeededState::new([rng.next_u64(), rng.next_u64()]);
         let indication_prefix = rng.next_u64().to_le_bytes();
-        // One pool per family (RFC 8656 §7.2 allows the same port number in both).
-        let ports = [
-            PortPool::new(config.ports.clone()),
-            PortPool::new(config.ports.clone()),
-        ];
         Server {
             policy: PeerPolicy::for_config(&config),
+            allocations: Allocations::new(config.ports.clone(), &hasher),
             config,
-            allocations: AllocationTable::default(),
-            by_client: HashMap::with_hasher(SeededState::new(hash_key)),
-            reservations: HashMap::with_hasher(SeededState::new(hash_key)),
-            orphaned_opens: HashMap::with_hasher(SeededState::new(hash_key)),
-            user_allocations: HashMap::with_hasher(SeededState::new(hash_key)),
-            unauthenticated_answers: Admission::new(SeededState::new(hash_key)),
-            ports,
-            timers: Timers::default(),
+            unauthenticated_answers: Admission::new(hasher),
             nonces,
             rng,
             outputs: VecDeque::new(),
@@ -160,9 +158,13 @@ impl Server {
         }
         match message::classify(datagram) {
             Framing::ChannelData { channel, payload } => {
-                self.channel_data_from_client(now.instant, listener, from, channel, payload)
+                let client = ClientKey::udp(listener, from);
+                self.channel_data_from_client(now.instant, client, channel, payload)
             }
-            Framing::Stun(header) => self.handle_stun(now, listener, from, datagram, header),
+            Framing::Stun(header) => {
+                let client = ClientKey::udp(listener, from);
+                self.handle_stun(now, client, datagram, header)
+            }
             Framing::Malformed => {
                 self.counters.malformed += 1;
                 None
@@ -177,7 +179,8 @@ impl Server {
     fn is_own_socket(&self, from: SocketAddr) -> bool {
         let family = Family::of_addr(from);
         let own = self.policy.own_sockets();
-        (self.ports[family.index()].is_held(from.port()) && own.is_relay_source(family, from.ip()))
+        (self.allocations.port_is_held(family, from.port())
+            && own.is_relay_source(family, from.ip()))
             || own.is_service(from)
     }
 
@@ -189,12 +192,11 @@ impl Server {
     fn channel_data_from_client(
         &mut self,
         now: Instant,
-        listener: ListenerId,
-        from: SocketAddr,
+        client: ClientKey,
         channel: u16,
         payload: Range<usize>,
     ) -> Option<Forward> {
-        let Some(allocation) = self.live_allocation(listener, from, now) else {
+        let Some((_, allocation)) = self.allocations.live(&client, now) else {
             self.counters.channel_data_no_allocation += 1;
             return None;
         };
@@ -213,20 +215,6 @@ impl Server {
             peer,
             payload,
         })
-    }
-
-    /// The allocation of a 5-tuple, if it exists and has not expired (an expired one may
-    /// still be in the map until its timer fires).
-    pub(super) fn live_allocation(
-        &self,
-        listener: ListenerId,
-        client: SocketAddr,
-        now: Instant,
-    ) -> Option<&Allocation> {
-        let id = self.by_client.get(&(listener, client))?;
-        self.allocations
-            .get(*id)
-            .filter(|a| now < a.expires_at && a.is_open())
     }
 
     /// A datagram from a peer on a relay socket. The payload is at
@@ -262,7 +250,7 @@ impl Server {
             self.counters.malformed += 1;
             return None;
         }
-        let (listener, client) = (a.listener, a.client);
+        let client = a.client();
         let frame = match a.channel_to(from, now) {
             Some(number) => write_channel_data_header(buf, HEADROOM, len, number),
             None => {
@@ -281,9 +269,10 @@ impl Server {
         };
         self.counters.relayed_to_client_packets += 1;
         self.counters.relayed_to_client_bytes += len as u64;
+        let Transport::Udp(listener) = client.transport;
         Some(Deliver {
             listener,
-            client,
+            client: client.addr,
             frame,
         })
     }
@@ -296,68 +285,29 @@ impl Server {
         family: Family,
         result: Result<RelayId, OpenError>,
     ) {
-        let state = self.allocations.get(allocation).map(|a| a.relay(family));
-        let Some(RelaySocket::Opening { port, attempts }) = state else {
-            // The allocation went away meanwhile (the ID's generation no longer matches, even
-            // if a new allocation sits in the same slot): don't leak the socket, and give its
-            // port back now that the bind is settled.
-            if let Some(port) = self.orphaned_opens.remove(&(allocation, family)) {
-                self.ports[family.index()].release(port);
-            }
-            if let Ok(relay) = result {
-                self.outputs.push_back(Output::CloseRelay { relay });
-            }
-            return;
-        };
-        match result {
-            Ok(relay) => {
-                self.set_relay(allocation, family, RelaySocket::Open { relay, port });
-                if self
-                    .allocations
-                    .get(allocation)
-                    .is_some_and(|a| a.is_open())
-                {
-                    self.finish_allocate(now, allocation);
+        match self
+            .allocations
+            .relay_opened(allocation, family, result, &mut self.rng)
+        {
+            Opened::Orphan { close } => {
+                if let Some(relay) = close {
+                    self.outputs.push_back(Output::CloseRelay { relay });
                 }
             }
-            Err(error) => {
+            Opened::Ready => self.finish_allocate(now, allocation),
+            Opened::Waiting => {}
+            Opened::Retry { port } => {
                 self.counters.relay_open_failed += 1;
-                let retry = match error {
-                    OpenError::AddressInUse if attempts < MAX_BIND_ATTEMPTS => {
-                        self.retry_port(allocation, family)
-                    }
-                    _ => None,
-                };
-                self.ports[family.index()].release(port);
-                match retry {
-                    Some(next) => {
-                        let attempts = attempts + 1;
-                        self.set_relay(
-                            allocation,
-                            family,
-                            RelaySocket::Opening {
-                                port: next,
-                                attempts,
-                            },
-                        );
-                        self.request_relay(allocation, family, next);
-                    }
-                    None => {
-                        self.set_relay(allocation, family, RelaySocket::None);
-                        self.fail_allocate(allocation);
-                    }
-                }
+                self.request_relay(allocation, family, port);
+            }
+            Opened::Failed => {
+                self.counters.relay_open_failed += 1;
+                self.fail_allocate(allocation);
             }
         }
     }
 
-    fn set_relay(&mut self, allocation: AllocationId, family: Family, state: RelaySocket) {
-        if let Some(a) = self.allocations.get_mut(allocation) {
-            a.relays[family.index()] = state;
-        }
-    }
-
-    pub(super) fn request_relay(&mut self, allocation: AllocationId, family: Family, port: u16) {
+    fn request_relay(&mut self, allocation: AllocationId, family: Family, port: u16) {
         let dont_fragment = self
             .allocations
             .get(allocation)
@@ -377,136 +327,63 @@ impl Server {
         self.expire_due(now.instant);
     }
 
-    /// Removes every allocation, permission, channel and reservation whose time is over at
-    /// `now`. Also called before decisions that count live state (Allocate), since the
-    /// driver's timeout may come later than the deadline.
-    pub(super) fn expire_due(&mut self, now: Instant) {
-        while let Some(due) = self.timers.pop_due(now) {
-            self.fired(due, now);
+    /// Expires what is due by `now` (see `Allocations::expire_due`).
+    fn expire_due(&mut self, now: Instant) {
+        let expired = self.allocations.expire_due(now);
+        self.expired(expired);
+    }
+
+    /// Also what expired earlier in the current second (see `Allocations::expire_due_exact`).
+    fn expire_due_exact(&mut self, now: Instant) {
+        let expired = self.allocations.expire_due_exact(now);
+        self.expired(expired);
+    }
+
+    /// Counts what expired and closes its relay sockets.
+    fn expired(&mut self, expired: Expired) {
+        self.counters.allocations_expired += expired.allocations;
+        for relay in expired.close {
+            self.outputs.push_back(Output::CloseRelay { relay });
         }
     }
 
-    /// `expire_due`, and also what expired earlier in the current second (the wheel fires
-    /// at the end of each second): for decisions that must not count expired state.
-    pub(super) fn expire_due_exact(&mut self, now: Instant) {
-        self.expire_due(now);
-        while let Some(due) = self.timers.pop_due_exact(now) {
-            self.fired(due, now);
+    /// Deletes an allocation and closes its relay sockets.
+    fn remove_allocation(&mut self, id: AllocationId) {
+        let close: RelaysToClose = self.allocations.remove(id);
+        for relay in close.into_iter().flatten() {
+            self.outputs.push_back(Output::CloseRelay { relay });
         }
     }
 
-    /// A timer entry has fired (and left the wheel). It is a hint: the owner's own deadline
-    /// says whether anything is over; if not, the owner is filed again.
-    fn fired(&mut self, due: Due, now: Instant) {
-        let id = match due {
-            Due::Allocation(id) => id,
-            Due::Reservation(token) => {
-                self.expire_reservation(token, now);
-                return;
-            }
-        };
-        let Some(allocation) = self.allocations.get_mut(id) else {
-            return;
-        };
-        allocation.timer = None;
-        if allocation.expires_at <= now {
-            self.counters.allocations_expired += 1;
-            self.remove_allocation(id);
-            return;
-        }
-        allocation.sweep(now);
-        self.schedule(id, now);
-    }
-
-    fn expire_reservation(&mut self, token: u64, now: Instant) {
-        let Some(reservation) = self.reservations.get_mut(&token) else {
-            return;
-        };
-        if reservation.expires_at > now {
-            reservation.timer =
-                self.timers
-                    .schedule(now, reservation.expires_at, Due::Reservation(token));
-            return;
-        }
-        if let Some(reservation) = self.reservations.remove(&token) {
-            self.uncount_user(&reservation.user);
-            self.ports[reservation.family.index()].release(reservation.port);
-        }
-    }
-
-    /// Files the allocation's one timer entry at its next deadline (moving it if it has one).
-    pub(super) fn schedule(&mut self, id: AllocationId, now: Instant) {
-        let Some(allocation) = self.allocations.get_mut(id) else {
-            return;
-        };
-        let deadline = allocation.next_deadline();
-        match allocation.timer {
-            Some(handle) => self.timers.reschedule(handle, deadline),
-            None => {
-                allocation.timer = Some(self.timers.schedule(now, deadline, Due::Allocation(id)));
-            }
-        }
-    }
-
-    /// Deletes an allocation: its relay sockets are closed and its ports return to the pool.
-    pub(super) fn remove_allocation(&mut self, id: AllocationId) {
-        let Some(allocation) = self.allocations.remove(id) else {
-            return;
-        };
-        if let Some(handle) = allocation.timer {
-            self.timers.cancel(handle, Due::Allocation(id));
-        }
-        self.by_client
-            .remove(&(allocation.listener, allocation.client));
-        self.uncount_user(quota_user(&allocation.username));
-        for family in Family::ALL {
-            let relay = allocation.relay(family);
-            match relay {
-                RelaySocket::None => {}
-                RelaySocket::Opening { port, .. } => {
-                    self.orphaned_opens.insert((id, family), port);
-                }
-                RelaySocket::Open { relay, port } => {
-                    self.outputs.push_back(Output::CloseRelay { relay });
-                    self.ports[family.index()].release(port);
-                }
-            }
-        }
-    }
-
-    /// One more allocation or reservation for `user`'s quota.
-    pub(super) fn count_user(&mut self, user: &str) {
-        match self.user_allocations.get_mut(user) {
-            Some(count) => *count += 1,
-            None => {
-                self.user_allocations.insert(user.to_owned(), 1);
-            }
-        }
-    }
-
-    /// One fewer; a user with none leaves the table.
-    pub(super) fn uncount_user(&mut self, user: &str) {
-        if let Some(count) = self.user_allocations.get_mut(user) {
-            *count -= 1;
-            if *count == 0 {
-                self.user_allocations.remove(user);
-            }
-        }
-    }
-
+    /// The next thing the driver must do, if any. Drain after every `handle_*`.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
     }
 
     /// When `handle_timeout` should be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next_deadline()
+        self.allocations.next_deadline()
     }
 
+    /// What the core counted so far.
     pub fn counters(&self) -> &Counters {
         &self.counters
     }
 
+    /// The per-client state held right now; all zero for a server nobody authenticated to.
+    pub fn footprint(&self) -> Footprint {
+        Footprint {
+            queued_outputs: self.outputs.len(),
+            ..self.allocations.footprint()
+        }
+    }
+
+    /// Every broken invariant, described; empty when the state is consistent.
+    pub fn invariant_violations(&self) -> Vec<String> {
+        self.allocations.check()
+    }
+
+    /// Allocations in the table, open or opening.
     pub fn allocation_count(&self) -> usize {
         self.allocations.len()
     }
@@ -532,15 +409,13 @@ impl Server {
             .into_iter()
             .filter(|f| self.config.relay_address(*f).is_some())
         {
-            let pool = &self.ports[family.index()];
-            let reserved = self
-                .reservations
-                .values()
-                .filter(|r| r.family == family)
-                .count();
-            gauges.ports_used[family.index()] = pool.in_use().saturating_sub(reserved);
+            let reserved = self.allocations.ports_reserved(family);
+            gauges.ports_used[family.index()] = self
+                .allocations
+                .ports_in_use(family)
+                .saturating_sub(reserved);
             gauges.ports_reserved[family.index()] = reserved;
-            gauges.ports_free[family.index()] = pool.free();
+            gauges.ports_free[family.index()] = self.allocations.ports_free(family);
         }
         gauges
     }
@@ -548,43 +423,32 @@ impl Server {
     /// Whether a relay address of this family exists and has a free port.
     pub fn can_allocate(&self, family: Family) -> bool {
         self.config.relay_address(family).is_some()
-            && self.ports[family.index()].free() > 0
+            && self.allocations.ports_free(family) > 0
             && self.allocations.len() < self.config.max_allocations
     }
 
     /// Relay ports in use, per family (IPv4, IPv6).
     pub fn ports_in_use(&self) -> [usize; 2] {
-        [self.ports[0].in_use(), self.ports[1].in_use()]
+        Family::ALL.map(|family| self.allocations.ports_in_use(family))
     }
 
-    pub(super) fn reply(&mut self, listener: ListenerId, client: SocketAddr, bytes: Vec<u8>) {
+    fn reply(&mut self, client: ClientKey, bytes: Vec<u8>) {
         if !bytes.is_empty() {
+            let Transport::Udp(listener) = client.transport;
             self.outputs.push_back(Output::ToClient {
                 listener,
-                client,
+                client: client.addr,
                 bytes,
             });
         }
     }
 
     /// Fresh nonce for a 401/438 answer to `client`.
-    pub(super) fn nonce_for(&self, now: Now, client: SocketAddr) -> String {
+    fn nonce_for(&self, now: Now, client: SocketAddr) -> String {
         self.nonces.issue(now.unix_secs, client)
     }
 
-    pub(super) fn is_request(header: &Header) -> bool {
+    fn is_request(header: &Header) -> bool {
         header.class == MessageClass::Request
-    }
-}
-
-/// Ports tried for one relay socket before answering 508.
-const MAX_BIND_ATTEMPTS: u8 = 8;
-
-/// Whose quota an allocation counts against: the `<id>` of a REST API username
-/// `<expiry>:<id>` (fresh credentials for the same id share it), else the whole username.
-pub(super) fn quota_user(username: &str) -> &str {
-    match username.split_once(':') {
-        Some((_, id)) if !id.is_empty() => id,
-        _ => username,
     }
 }

@@ -19,7 +19,7 @@ use crate::core::{HEADROOM, TAILROOM};
 
 /// Datagrams per recvmmsg, and so the budget of one socket per loop turn: a flooded socket
 /// yields to the others after this many.
-pub const BATCH: usize = 64;
+pub(super) const BATCH: usize = 64;
 /// The largest UDP payload (65,507 bytes over IPv4, 65,527 over IPv6) fits in a slot; the
 /// slots are allocated zeroed and untouched, so only the bytes datagrams actually used
 /// become resident memory.
@@ -59,7 +59,7 @@ struct Message {
 
 /// Slots, headers and address storage, set up once. The headers point into the boxed
 /// slices, whose heap memory never moves.
-pub struct Batch {
+pub(super) struct Batch {
     bufs: Box<[u8]>,
     recv_iovs: Box<[libc::iovec]>,
     sources: Box<[libc::sockaddr_storage]>,
@@ -79,13 +79,13 @@ unsafe impl Send for Batch {}
 
 /// Outcome of sending the queued datagrams.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Flushed {
+pub(super) struct Flushed {
     pub sent: u64,
     pub failed: u64,
 }
 
 impl Batch {
-    pub fn new() -> Batch {
+    pub(super) fn new() -> Batch {
         // SAFETY (all `mem::zeroed` below): all-zero is a valid value of these C structs.
         let zero_iov: libc::iovec = unsafe { mem::zeroed() };
         let zero_name: libc::sockaddr_storage = unsafe { mem::zeroed() };
@@ -120,7 +120,7 @@ impl Batch {
 
     /// Reads up to BATCH datagrams from `fd` (non-blocking). Ok(0) never happens: an empty
     /// socket is `WouldBlock`.
-    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub(super) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         for hdr in self.recv_hdrs.iter_mut() {
             hdr.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         }
@@ -143,17 +143,26 @@ impl Batch {
 
     /// Datagram `i` of the last `recv`: its source, its length, and its whole slot (the
     /// payload at `HEADROOM..HEADROOM + len`, TAILROOM spare bytes after the largest one).
-    pub fn datagram(&mut self, i: usize) -> (Option<SocketAddr>, usize, &mut [u8]) {
+    pub(super) fn datagram(&mut self, i: usize) -> (Option<SocketAddr>, usize, &mut [u8]) {
         let len = (self.recv_hdrs[i].msg_len as usize).min(SLOT_PAYLOAD);
         let source = from_sockaddr(&self.sources[i]);
         (source, len, &mut self.bufs[i * SLOT..(i + 1) * SLOT])
     }
 
     /// Queues `range` of slot `i` to be sent from socket `socket` to `dest` at the next flush.
-    pub fn queue(&mut self, i: usize, range: Range<usize>, socket: usize, dest: SocketAddr) {
+    /// False (and nothing queued) if the queue is full or the range is not inside the slot,
+    /// neither of which can happen with one send per received datagram.
+    #[must_use]
+    pub(super) fn queue(
+        &mut self,
+        i: usize,
+        range: Range<usize>,
+        socket: usize,
+        dest: SocketAddr,
+    ) -> bool {
         let j = self.pending.len();
         if j >= BATCH || range.end > SLOT || range.start > range.end {
-            return; // one per received datagram: cannot happen
+            return false;
         }
         self.dest_lens[j] = to_sockaddr(dest, &mut self.dests[j]);
         self.pending.push(Pending {
@@ -162,9 +171,10 @@ impl Batch {
             offset: i * SLOT + range.start,
             len: range.len(),
         });
+        true
     }
 
-    pub fn has_pending(&self) -> bool {
+    pub(super) fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
 
@@ -172,7 +182,7 @@ impl Batch {
     /// (so each flow keeps its order), runs to one destination as GSO messages. `fd_of` gives
     /// the descriptor of a slab key (None: the socket is gone, its datagrams are dropped and
     /// counted as failed).
-    pub fn flush(&mut self, fd_of: impl Fn(usize) -> Option<RawFd>) -> Flushed {
+    pub(super) fn flush(&mut self, fd_of: impl Fn(usize) -> Option<RawFd>) -> Flushed {
         let mut out = Flushed::default();
         let n = self.pending.len();
         // Bit j: pending[j] was put in a message (BATCH = 64 fits a u64).
@@ -467,12 +477,12 @@ mod tests {
             assert_eq!(payload, &expected[..]);
             // Interleave the two output sockets: a's datagrams out of out1, b's out of out2.
             let socket = if payload[0] == b'a' { 1 } else { 2 };
-            batch.queue(
+            assert!(batch.queue(
                 i,
                 HEADROOM..HEADROOM + len,
                 socket,
                 sink.local_addr().unwrap(),
-            );
+            ));
         }
         let fds = [0, out1.as_raw_fd(), out2.as_raw_fd()];
         let flushed = batch.flush(|key| fds.get(key).copied());
@@ -527,7 +537,7 @@ mod tests {
         sink.set_read_timeout(Some(std::time::Duration::from_secs(2)))
             .unwrap();
         for (i, size) in sizes.iter().enumerate() {
-            batch.queue(i, HEADROOM..HEADROOM + size, 0, sink.local_addr().unwrap());
+            assert!(batch.queue(i, HEADROOM..HEADROOM + size, 0, sink.local_addr().unwrap()));
         }
         let out = UdpSocket::bind("127.0.0.1:0").unwrap();
         let flushed = batch.flush(|_| Some(out.as_raw_fd()));
@@ -547,7 +557,7 @@ mod tests {
         tx.send_to(b"x", rx.local_addr().unwrap()).unwrap();
         let mut batch = Batch::new();
         assert_eq!(batch.recv(rx.as_raw_fd()).unwrap(), 1);
-        batch.queue(0, HEADROOM..HEADROOM + 1, 7, tx.local_addr().unwrap());
+        assert!(batch.queue(0, HEADROOM..HEADROOM + 1, 7, tx.local_addr().unwrap()));
         assert_eq!(batch.flush(|_| None), Flushed { sent: 0, failed: 1 });
         let err = batch.recv(rx.as_raw_fd()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);

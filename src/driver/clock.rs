@@ -5,7 +5,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::core::Now;
 
-/// The present, as the core takes it.
+/// The time now: the one place the relay reads the clock.
 pub fn now() -> Now {
     Now {
         instant: monotonic(),

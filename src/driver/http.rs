@@ -19,13 +19,13 @@ use slab::Slab;
 /// Largest request head we read; anything bigger is answered 431 and closed.
 const MAX_REQUEST: usize = 4096;
 /// A connection must have sent its whole request head by then (a scraper sends it at once).
-pub const HEAD_DEADLINE: Duration = Duration::from_secs(2);
+pub(super) const HEAD_DEADLINE: Duration = Duration::from_secs(2);
 /// A connection must have taken its response by then, counted from its accept.
-pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(5);
+pub(super) const CONNECTION_DEADLINE: Duration = Duration::from_secs(5);
 /// Concurrent connections; beyond it a new one evicts an old one (see the module docs).
-pub const MAX_CONNECTIONS: usize = 16;
+pub(super) const MAX_CONNECTIONS: usize = 16;
 
-pub struct Connection {
+pub(super) struct Connection {
     pub stream: TcpStream,
     source: IpAddr,
     accepted_at: Instant,
@@ -36,7 +36,7 @@ pub struct Connection {
 
 /// What a request asks for.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Route {
+pub(super) enum Route {
     Metrics,
     /// Can the relay take allocations (readiness).
     Health,
@@ -44,7 +44,7 @@ pub enum Route {
     Live,
 }
 
-pub enum Progress {
+pub(super) enum Progress {
     /// Keep the connection; wait for more readiness.
     Pending,
     /// Done (or broken): close it.
@@ -52,7 +52,7 @@ pub enum Progress {
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, source: IpAddr, now: Instant) -> Connection {
+    pub(super) fn new(stream: TcpStream, source: IpAddr, now: Instant) -> Connection {
         Connection {
             stream,
             source,
@@ -65,7 +65,7 @@ impl Connection {
 
     /// When the connection is closed if it is still open: the head deadline until the
     /// request head is in, then the whole connection's.
-    pub fn deadline(&self) -> Instant {
+    pub(super) fn deadline(&self) -> Instant {
         if self.response.is_empty() {
             self.accepted_at + HEAD_DEADLINE
         } else {
@@ -75,7 +75,7 @@ impl Connection {
 
     /// Reads what is available and, once the request head is complete, asks `respond` for the
     /// response to the route, then writes as much as the socket takes.
-    pub fn advance(
+    pub(super) fn advance(
         &mut self,
         respond: impl FnOnce(Option<Route>) -> (u16, &'static str, String),
     ) -> Progress {
@@ -137,7 +137,7 @@ impl Connection {
 struct TooLarge;
 
 /// The metrics listener and its connections. Tokens of connections are `first_token + key`.
-pub struct HttpServer {
+pub(super) struct HttpServer {
     listener: TcpListener,
     connections: Slab<Connection>,
     first_token: usize,
@@ -146,7 +146,7 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    pub fn bind(
+    pub(super) fn bind(
         addr: SocketAddr,
         registry: &Registry,
         listener_token: Token,
@@ -162,16 +162,16 @@ impl HttpServer {
         })
     }
 
-    pub fn evicted(&self) -> u64 {
+    pub(super) fn evicted(&self) -> u64 {
         self.evicted
     }
 
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+    pub(super) fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
     /// Accepts every pending connection; with every slot taken, each new one evicts one.
-    pub fn accept(&mut self, registry: &Registry, now: Instant) {
+    pub(super) fn accept(&mut self, registry: &Registry, now: Instant) {
         loop {
             match self.listener.accept() {
                 Ok((mut stream, peer)) => {
@@ -196,7 +196,7 @@ impl HttpServer {
         }
     }
 
-    pub fn handle(
+    pub(super) fn handle(
         &mut self,
         token: Token,
         registry: &Registry,
@@ -232,7 +232,7 @@ impl HttpServer {
     }
 
     /// Closes connections past their deadline; returns the next deadline.
-    pub fn expire(&mut self, now: Instant, registry: &Registry) -> Option<Instant> {
+    pub(super) fn expire(&mut self, now: Instant, registry: &Registry) -> Option<Instant> {
         self.connections.retain(|_, connection| {
             let keep = now < connection.deadline();
             if !keep {

@@ -8,7 +8,7 @@ use crate::core::{Counters, Family, Gauges};
 
 use super::IoCounters;
 
-pub struct Snapshot<'a> {
+pub(super) struct Snapshot<'a> {
     pub counters: &'a Counters,
     pub gauges: &'a Gauges,
     pub io: &'a IoCounters,
@@ -17,7 +17,7 @@ pub struct Snapshot<'a> {
     pub start_time_unix: u64,
 }
 
-pub fn render(s: &Snapshot) -> String {
+pub(super) fn render(s: &Snapshot) -> String {
     let mut out = String::with_capacity(8192);
     let c = s.counters;
     let g = s.gauges;
@@ -118,6 +118,8 @@ pub fn render(s: &Snapshot) -> String {
         ("from_own_socket", c.from_own_socket),
         ("send_failed", s.io.send_failed),
         ("recv_failed", s.io.recv_failed),
+        ("recv_no_source", s.io.recv_no_source),
+        ("unsendable", s.io.unsendable),
     ] {
         let _ = writeln!(out, "relay_drops_total{{reason=\"{reason}\"}} {value}");
     }

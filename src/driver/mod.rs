@@ -58,6 +58,7 @@ const HTTP_FIRST_TOKEN: usize = 1 << 40;
 /// What the loop serves besides STUN/TURN.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
+    /// Where to serve metrics and health, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
     /// For process_start_time_seconds.
     pub start_time_unix: u64,
@@ -66,10 +67,18 @@ pub struct Options {
 /// I/O failures of the driver, counted, never fatal.
 #[derive(Debug, Default, Clone)]
 pub struct IoCounters {
+    /// Sends that failed (the datagram is lost).
     pub send_failed: u64,
+    /// Receives that failed.
     pub recv_failed: u64,
+    /// Datagrams received without a usable source address (not IPv4/IPv6): unanswerable.
+    pub recv_no_source: u64,
+    /// Relayed datagrams the driver could not queue for sending (no such listener, or a
+    /// frame outside its slot): bugs if ever non-zero, but counted, never silent.
+    pub unsendable: u64,
 }
 
+/// The mio loop: sockets, the core, and the queues between them.
 pub struct Driver {
     poll: Poll,
     sockets: Slab<Socket>,
@@ -146,6 +155,7 @@ impl Driver {
         })
     }
 
+    /// The address the metrics listener is bound to, if any.
     pub fn metrics_address(&self) -> Option<SocketAddr> {
         self.http.as_ref().and_then(|h| h.local_addr().ok())
     }
@@ -285,29 +295,40 @@ impl Driver {
         for i in 0..count {
             let (from, len, slot) = self.batch.datagram(i);
             let Some(from) = from else {
+                self.io.recv_no_source += 1;
                 continue;
             };
             match source {
                 Source::Client(listener) => {
+                    // The core's ranges index the buffer it was given: here the datagram,
+                    // which sits HEADROOM bytes into the slot.
                     let datagram = &slot[HEADROOM..HEADROOM + len];
                     if let Some(forward) = self
                         .core
                         .handle_client_datagram(now, listener, from, datagram)
                     {
-                        let range =
-                            HEADROOM + forward.payload.start..HEADROOM + forward.payload.end;
-                        self.batch.queue(i, range, forward.relay.0, forward.peer);
+                        let range = in_slot(HEADROOM, forward.payload);
+                        if !self.batch.queue(i, range, forward.relay.0, forward.peer) {
+                            self.io.unsendable += 1;
+                        }
                     }
                 }
                 Source::Peer(allocation) => {
+                    // Here the whole slot (the core writes the header into its headroom).
                     if let Some(deliver) = self
                         .core
                         .handle_peer_datagram(now, allocation, from, slot, len)
-                        && let Some(&listener_key) =
-                            self.listeners.get(usize::from(deliver.listener.0))
                     {
-                        self.batch
-                            .queue(i, deliver.frame, listener_key, deliver.client);
+                        let range = in_slot(0, deliver.frame);
+                        let queued = match self.listeners.get(usize::from(deliver.listener.0)) {
+                            Some(&listener_key) => {
+                                self.batch.queue(i, range, listener_key, deliver.client)
+                            }
+                            None => false,
+                        };
+                        if !queued {
+                            self.io.unsendable += 1;
+                        }
                     }
                 }
             }
@@ -411,10 +432,12 @@ impl Driver {
         }
     }
 
+    /// The core, for inspection.
     pub fn core(&self) -> &Server {
         &self.core
     }
 
+    /// The driver's own I/O counters.
     pub fn io_counters(&self) -> &IoCounters {
         &self.io
     }
@@ -435,4 +458,10 @@ pub fn log_startup(config: &Config, listening: &[SocketAddr]) {
         config.ports.end(),
         config.realm
     );
+}
+
+/// A range the core returned, which indexes the buffer it was given, as a range of the
+/// receive slot that buffer starts `offset` bytes into.
+fn in_slot(offset: usize, range: std::ops::Range<usize>) -> std::ops::Range<usize> {
+    offset + range.start..offset + range.end
 }

@@ -4,14 +4,14 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-pub struct ShutdownSignals {
+pub(super) struct ShutdownSignals {
     fd: OwnedFd,
 }
 
 impl ShutdownSignals {
     /// Blocks SIGTERM/SIGINT for this (single-threaded) process and opens a signalfd for them.
     /// Must run before any other thread exists, so every thread inherits the mask.
-    pub fn new() -> io::Result<ShutdownSignals> {
+    pub(super) fn new() -> io::Result<ShutdownSignals> {
         // SAFETY: sigset operations on a zeroed local set; sigprocmask and signalfd only read it.
         unsafe {
             let mut set: libc::sigset_t = std::mem::zeroed();
@@ -32,7 +32,7 @@ impl ShutdownSignals {
     }
 
     /// The signal that arrived, if any (reads one siginfo).
-    pub fn take(&self) -> Option<i32> {
+    pub(super) fn take(&self) -> Option<i32> {
         let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
         let size = std::mem::size_of::<libc::signalfd_siginfo>();
         // SAFETY: reading at most `size` bytes into a properly sized, owned struct.

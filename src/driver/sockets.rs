@@ -10,7 +10,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// datagrams. The kernel caps it at net.core.{r,w}mem_max (see README).
 const BUFFER_BYTES: usize = 4 << 20;
 
-pub fn bind_udp(addr: SocketAddr, dont_fragment: bool) -> io::Result<mio::net::UdpSocket> {
+pub(super) fn bind_udp(addr: SocketAddr, dont_fragment: bool) -> io::Result<mio::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;

@@ -4,7 +4,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 
-const MAGIC_COOKIE: u32 = 0x2112_A442;
+use super::MAGIC_COOKIE;
+
 /// Data indication: method 0x007, class indication.
 const DATA_INDICATION: u16 = 0x0017;
 const XOR_PEER_ADDRESS: u16 = 0x0012;

@@ -6,17 +6,17 @@
 use slab::Slab;
 
 use super::allocation::Allocation;
-use super::ids::AllocationId;
+use crate::core::ids::AllocationId;
 
 #[derive(Default)]
-pub struct AllocationTable {
+pub(crate) struct AllocationTable {
     /// Each allocation with the generation it was named with.
     slots: Slab<(u64, Allocation)>,
     next_generation: u64,
 }
 
 impl AllocationTable {
-    pub fn insert(&mut self, allocation: Allocation) -> AllocationId {
+    pub(crate) fn insert(&mut self, allocation: Allocation) -> AllocationId {
         let generation = self.next_generation;
         // A u64 counting allocations cannot wrap in the life of a process.
         self.next_generation += 1;
@@ -24,32 +24,32 @@ impl AllocationTable {
         AllocationId { slot, generation }
     }
 
-    pub fn get(&self, id: AllocationId) -> Option<&Allocation> {
+    pub(crate) fn get(&self, id: AllocationId) -> Option<&Allocation> {
         match self.slots.get(id.slot) {
             Some((generation, allocation)) if *generation == id.generation => Some(allocation),
             _ => None,
         }
     }
 
-    pub fn get_mut(&mut self, id: AllocationId) -> Option<&mut Allocation> {
+    pub(crate) fn get_mut(&mut self, id: AllocationId) -> Option<&mut Allocation> {
         match self.slots.get_mut(id.slot) {
             Some((generation, allocation)) if *generation == id.generation => Some(allocation),
             _ => None,
         }
     }
 
-    pub fn remove(&mut self, id: AllocationId) -> Option<Allocation> {
+    pub(crate) fn remove(&mut self, id: AllocationId) -> Option<Allocation> {
         self.get(id)?;
         self.slots
             .try_remove(id.slot)
             .map(|(_, allocation)| allocation)
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.slots.len()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (AllocationId, &Allocation)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (AllocationId, &Allocation)> {
         self.slots.iter().map(|(slot, (generation, allocation))| {
             let id = AllocationId {
                 slot,

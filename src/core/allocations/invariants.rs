@@ -1,21 +1,28 @@
-//! Internal consistency of the core, checked by tests, property tests and fuzzers after every
-//! input. Cheap enough to call often in tests; never called on the production path.
+//! The owner's own consistency check, run by tests, property tests and fuzzers after every
+//! input. Cheap enough to call often in tests; never called on the production path. Its
+//! maps are ordered ones: no hasher, so no random seed, in the core.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::allocation::{MAX_CHANNELS, MAX_PERMISSIONS, RelaySocket};
-use super::ids::Family;
-use super::server::{Server, quota_user};
+use super::{Allocations, quota_user};
+use crate::core::ids::Family;
 
 /// How much per-client state the core holds: what an unauthenticated flood must leave at
 /// zero. (The rate limiter's table is fixed-size and not counted.)
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Footprint {
+    /// Allocations in the table, open or opening.
     pub allocations: usize,
+    /// Entries of the client (5-tuple) index.
     pub five_tuples: usize,
+    /// Users with a per-user count (allocations or reservations).
     pub users_with_allocations: usize,
+    /// EVEN-PORT reservations waiting to be claimed.
     pub reservations: usize,
+    /// Relay ports taken from the pools, both families.
     pub ports_in_use: usize,
+    /// Outputs not yet drained by the driver.
     pub queued_outputs: usize,
     /// Whether any deadline is scheduled (the timer wheel is non-empty).
     pub timer_scheduled: bool,
@@ -23,47 +30,46 @@ pub struct Footprint {
     pub timer_entries: usize,
 }
 
-impl Server {
-    /// The per-client state held right now; all zero for a server nobody authenticated to.
-    pub fn footprint(&self) -> Footprint {
+impl Allocations {
+    /// The state held right now (`queued_outputs` is the server's to fill in).
+    pub(crate) fn footprint(&self) -> Footprint {
         Footprint {
-            allocations: self.allocations.len(),
+            allocations: self.slots.len(),
             five_tuples: self.by_client.len(),
-            users_with_allocations: self.user_allocations.len(),
+            users_with_allocations: self.user_counts.len(),
             reservations: self.reservations.len(),
             ports_in_use: self.ports.iter().map(|p| p.in_use()).sum(),
-            queued_outputs: self.outputs.len(),
-            timer_scheduled: self.poll_timeout().is_some(),
+            queued_outputs: 0,
+            timer_scheduled: self.timers.next_deadline().is_some(),
             timer_entries: self.timers.len(),
         }
     }
 
     /// Every broken invariant, described; empty when the state is consistent.
-    #[allow(clippy::disallowed_methods)] // i11-core replaces this
-    pub fn invariant_violations(&self) -> Vec<String> {
+    pub(crate) fn check(&self) -> Vec<String> {
         let mut broken = Vec::new();
         for (key, id) in &self.by_client {
-            match self.allocations.get(*id) {
+            match self.slots.get(*id) {
                 None => broken.push(format!(
                     "5-tuple {key:?} points at missing allocation {id:?}"
                 )),
-                Some(a) if (a.listener, a.client) != *key => broken.push(format!(
+                Some(a) if a.client != *key => broken.push(format!(
                     "5-tuple {key:?} points at allocation of {:?}",
-                    (a.listener, a.client)
+                    a.client
                 )),
                 _ => {}
             }
         }
-        if self.by_client.len() != self.allocations.len() {
+        if self.by_client.len() != self.slots.len() {
             broken.push(format!(
                 "{} 5-tuples for {} allocations",
                 self.by_client.len(),
-                self.allocations.len()
+                self.slots.len()
             ));
         }
         for family in Family::ALL {
             let held_by_allocations = self
-                .allocations
+                .slots
                 .iter()
                 .filter(|(_, a)| a.relay(family).port().is_some())
                 .count();
@@ -85,15 +91,15 @@ impl Server {
             }
         }
         // The per-user quota books: one count per live allocation of that user, no zeros.
-        let mut per_user: HashMap<&str, usize> = HashMap::new();
-        for (_, a) in self.allocations.iter() {
+        let mut per_user: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, a) in self.slots.iter() {
             *per_user.entry(quota_user(&a.username)).or_default() += 1;
         }
         for r in self.reservations.values() {
             *per_user.entry(r.user.as_str()).or_default() += 1;
         }
-        let books: HashMap<&str, usize> = self
-            .user_allocations
+        let books: BTreeMap<&str, usize> = self
+            .user_counts
             .iter()
             .map(|(user, count)| (user.as_str(), *count))
             .collect();
@@ -103,11 +109,7 @@ impl Server {
             ));
         }
         // One timer entry per live allocation and reservation, and no other.
-        let timed = self
-            .allocations
-            .iter()
-            .filter(|(_, a)| a.timer.is_some())
-            .count();
+        let timed = self.slots.iter().filter(|(_, a)| a.timer.is_some()).count();
         if self.timers.len() != timed + self.reservations.len() {
             broken.push(format!(
                 "{} timer entries for {timed} timed allocations and {} reservations",
@@ -115,8 +117,8 @@ impl Server {
                 self.reservations.len()
             ));
         }
-        let mut relays = HashSet::new();
-        for (id, a) in self.allocations.iter() {
+        let mut relays = BTreeSet::new();
+        for (id, a) in self.slots.iter() {
             if a.relays.iter().all(|r| *r == RelaySocket::None) {
                 broken.push(format!("{id:?} has no relay socket"));
             }
@@ -130,8 +132,8 @@ impl Server {
             if a.permissions.len() > MAX_PERMISSIONS || a.channels.len() > MAX_CHANNELS {
                 broken.push(format!("{id:?} exceeds its permission/channel bounds"));
             }
-            let numbers: HashSet<u16> = a.channels.iter().map(|c| c.number).collect();
-            let peers: HashSet<_> = a.channels.iter().map(|c| c.peer).collect();
+            let numbers: BTreeSet<u16> = a.channels.iter().map(|c| c.number).collect();
+            let peers: BTreeSet<_> = a.channels.iter().map(|c| c.peer).collect();
             if numbers.len() != a.channels.len() || peers.len() != a.channels.len() {
                 broken.push(format!("{id:?} has a channel number or peer bound twice"));
             }

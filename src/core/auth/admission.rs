@@ -18,22 +18,22 @@
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 
-use super::hasher::SeededState;
+use crate::core::hasher::SeededState;
 
 const ACCOUNTS: usize = 4096;
 /// Bytes of answer a source may receive per byte of its requests.
-pub const FACTOR: usize = 3;
+pub(crate) const FACTOR: usize = 3;
 /// Credit an account may hold between requests: a few answers' worth, so that a burst of
 /// spoofed requests cannot draw on much more than its own credit.
-pub const MAX_CREDIT: u32 = 1024;
+pub(crate) const MAX_CREDIT: u32 = 1024;
 
-pub struct Admission {
+pub(crate) struct Admission {
     credit: Box<[u32]>,
     hasher: SeededState,
 }
 
 impl Admission {
-    pub fn new(hasher: SeededState) -> Self {
+    pub(crate) fn new(hasher: SeededState) -> Self {
         Admission {
             credit: vec![0; ACCOUNTS].into_boxed_slice(),
             hasher,
@@ -42,7 +42,7 @@ impl Admission {
 
     /// Credits `source` for a request of `request_len` bytes and takes `answer_len` from it;
     /// false (nothing taken) when the credit does not cover the answer.
-    pub fn admit(&mut self, source: IpAddr, request_len: usize, answer_len: usize) -> bool {
+    pub(crate) fn admit(&mut self, source: IpAddr, request_len: usize, answer_len: usize) -> bool {
         let index = (self.hasher.hash_one(source) as usize) % ACCOUNTS;
         let credit = &mut self.credit[index];
         let earned = u32::try_from(request_len.saturating_mul(FACTOR)).unwrap_or(u32::MAX);

@@ -10,9 +10,12 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha1::Sha1;
 
+use super::HEADER_LEN;
+
+/// The MESSAGE-INTEGRITY attribute type.
 pub const MESSAGE_INTEGRITY: u16 = 0x0008;
+/// The FINGERPRINT attribute type.
 pub const FINGERPRINT: u16 = 0x8028;
-pub const HEADER_LEN: usize = 20;
 
 const MI_VALUE_LEN: usize = 20;
 const MI_ATTR_LEN: usize = 4 + MI_VALUE_LEN;
@@ -23,11 +26,14 @@ const FINGERPRINT_XOR: u32 = 0x5354_554e;
 /// MESSAGE-INTEGRITY and FINGERPRINT in a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct IntegrityLayout {
+    /// Offset of the first MESSAGE-INTEGRITY.
     pub message_integrity: Option<usize>,
+    /// Offset of the FINGERPRINT (always last).
     pub fingerprint: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The attribute TLVs do not fit the message.
 pub struct Malformed;
 
 /// Walks the attribute TLVs of `msg` (a whole datagram whose 20-byte header is
@@ -229,7 +235,7 @@ mod tests {
     fn long_term_key() -> [u8; 16] {
         // The USERNAME bytes in the vector are "マトリックス"; the password is
         // the SASLprep'd "TheMatrIX".
-        super::super::credentials::long_term_key("マトリックス", "example.org", "TheMatrIX")
+        crate::core::auth::credentials::long_term_key("マトリックス", "example.org", "TheMatrIX")
     }
 
     /// Checks one vector end to end; `fp` is None for a message without FINGERPRINT.

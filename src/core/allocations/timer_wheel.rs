@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use super::ids::AllocationId;
+use crate::core::ids::AllocationId;
 
 /// Buckets, one per second: more than the longest deadline (3600 s allocation lifetime;
 /// channels 600 s + 300 s hold; permissions 300 s; reservations 30 s). A deadline further

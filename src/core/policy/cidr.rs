@@ -42,6 +42,7 @@ impl Cidr {
         self.network
     }
 
+    /// The prefix length in bits.
     pub fn prefix_len(&self) -> u8 {
         self.len
     }

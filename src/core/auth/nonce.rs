@@ -1,50 +1,12 @@
-//! TURN REST API credentials (coturn's `--use-auth-secret` scheme) and
-//! stateless nonces.
+//! Stateless nonces (RFC 8489 §9.2): a MAC over the issue time and the client's address, so
+//! that no state exists for a client before its MESSAGE-INTEGRITY verifies.
 
 use std::net::SocketAddr;
 
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, KeyInit, Mac};
-use md5::{Digest, Md5};
 use sha1::Sha1;
-
-/// base64(HMAC-SHA1(secret, username)), standard alphabet with padding
-/// (coturn's --use-auth-secret convention).
-pub fn rest_api_password(secret: &[u8], username: &str) -> String {
-    let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(secret) else {
-        // HMAC takes keys of any length; this arm cannot be reached.
-        return String::new();
-    };
-    mac.update(username.as_bytes());
-    STANDARD.encode(mac.finalize().into_bytes())
-}
-
-/// MD5(username ":" realm ":" password) — RFC 8489 §9.2.2 long-term key (no
-/// SASLprep: REST API passwords are base64).
-pub fn long_term_key(username: &str, realm: &str, password: &str) -> [u8; 16] {
-    Md5::new()
-        .chain_update(username)
-        .chain_update(":")
-        .chain_update(realm)
-        .chain_update(":")
-        .chain_update(password)
-        .finalize()
-        .into()
-}
-
-/// Parses `<unix-expiry>[:<id>]` and returns the expiry.
-///
-/// None if the part before the first ':' is not a plain decimal u64 (no sign,
-/// no spaces, 1..=20 digits). The id may be anything, including empty.
-pub fn username_expiry(username: &str) -> Option<u64> {
-    let expiry = username.split_once(':').map_or(username, |(e, _)| e);
-    // u64::from_str would also take a leading '+'.
-    if expiry.is_empty() || expiry.len() > 20 || !expiry.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    expiry.parse().ok()
-}
 
 /// Characters of a nonce: base64url of 4 bytes of issue time and 8 of MAC.
 const NONCE_LEN: usize = 16;
@@ -61,20 +23,20 @@ const MAX_FUTURE_SECS: u32 = 60;
 /// the wire from being replayed from elsewhere, without any per-client state.
 /// 16 characters, so that a 401 (ERROR-CODE, REALM, NONCE) stays within three
 /// times the size of the smallest Allocate that gets it (see `admission`).
-pub struct NonceKey {
+pub(crate) struct NonceKey {
     // Keyed once: cloning the HMAC state is cheaper than re-deriving it.
     mac: Hmac<Sha1>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NonceCheck {
+pub(crate) enum NonceCheck {
     Valid,
     Stale,
     Invalid,
 }
 
 impl NonceKey {
-    pub fn new(key: [u8; 32]) -> Self {
+    pub(crate) fn new(key: [u8; 32]) -> Self {
         // HMAC zero-pads short keys to the block size, so this is the same MAC
         // as keying with the 32 bytes, through the constructor that cannot fail.
         let mut block = [0u8; 64];
@@ -85,7 +47,7 @@ impl NonceKey {
         }
     }
 
-    pub fn issue(&self, unix_now: u64, client: SocketAddr) -> String {
+    pub(crate) fn issue(&self, unix_now: u64, client: SocketAddr) -> String {
         let issued = truncate_time(unix_now);
         let tag = self.mac(issued, client).finalize().into_bytes();
         let mut raw = [0u8; 4 + NONCE_MAC_LEN];
@@ -98,7 +60,7 @@ impl NonceKey {
     /// lifetime_secs old; Stale if the MAC matches but it is too old, or was issued
     /// more than 60 s in the future (clock step); Invalid if not our format or
     /// the MAC does not match. Ages are reckoned modulo 2^32 seconds (136 years).
-    pub fn check(
+    pub(crate) fn check(
         &self,
         nonce: &str,
         unix_now: u64,
@@ -175,60 +137,6 @@ mod tests {
 
     fn v6() -> SocketAddr {
         "[2001:db8::1]:3478".parse().unwrap()
-    }
-
-    #[test]
-    fn rest_api_password_known_answer() {
-        // python3: base64.b64encode(hmac.new(b'secret', b'1700000000:alice', hashlib.sha1).digest())
-        assert_eq!(
-            rest_api_password(b"secret", "1700000000:alice"),
-            "d8soP47RbdIKLDUOpnJPVQyq5Ts="
-        );
-    }
-
-    #[test]
-    fn long_term_key_known_answer() {
-        // python3: hashlib.md5(b'alice:example.org:pass').hexdigest()
-        assert_eq!(
-            long_term_key("alice", "example.org", "pass"),
-            [
-                0x14, 0xf5, 0xd3, 0x6e, 0x9e, 0x37, 0xe3, 0xeb, 0xd1, 0x0d, 0x4d, 0x1e, 0x20, 0x6e,
-                0xb3, 0x49
-            ]
-        );
-        // RFC 5769 §2.4's credentials, hashed over their UTF-8 bytes.
-        assert_eq!(
-            long_term_key("マトリックス", "example.org", "TheMatrIX"),
-            [
-                0xe8, 0xca, 0x7a, 0xd5, 0x9d, 0x5e, 0xb0, 0x51, 0x8e, 0x31, 0x29, 0x11, 0xd2, 0xda,
-                0xb2, 0xa9
-            ]
-        );
-    }
-
-    #[test]
-    fn username_expiry_cases() {
-        assert_eq!(username_expiry("1700000000"), Some(1_700_000_000));
-        assert_eq!(username_expiry("1700000000:bob"), Some(1_700_000_000));
-        assert_eq!(username_expiry("123:"), Some(123));
-        assert_eq!(username_expiry("1:2:3"), Some(1));
-        assert_eq!(username_expiry("0"), Some(0));
-        assert_eq!(username_expiry("18446744073709551615"), Some(u64::MAX));
-        for bad in [
-            "abc",
-            "",
-            ":bob",
-            "-1",
-            "+5",
-            " 1",
-            "1 ",
-            "1 :bob",
-            "１２３",
-            "18446744073709551616",
-            "000000000000000000001",
-        ] {
-            assert_eq!(username_expiry(bad), None, "{bad:?}");
-        }
     }
 
     #[test]

@@ -6,17 +6,18 @@ use std::time::{Duration, Instant};
 
 use stun_codec::TransactionId;
 
-use super::ids::{Family, ListenerId, RelayId};
 use super::ports::PortNeed;
-use super::timer::TimerHandle;
+use super::timer_wheel::TimerHandle;
+use crate::core::client::ClientKey;
+use crate::core::ids::{Family, RelayId};
 
 /// Bounds on per-allocation state, so that one authenticated client cannot grow memory
 /// without limit. WebRTC clients use a handful of each.
-pub const MAX_PERMISSIONS: usize = 64;
-pub const MAX_CHANNELS: usize = 64;
+pub(crate) const MAX_PERMISSIONS: usize = 64;
+pub(crate) const MAX_CHANNELS: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RelaySocket {
+pub(crate) enum RelaySocket {
     /// Not requested for this allocation.
     None,
     /// The driver was asked to bind this port; `attempts` counts ports tried so far.
@@ -31,7 +32,7 @@ pub enum RelaySocket {
 }
 
 impl RelaySocket {
-    pub fn port(self) -> Option<u16> {
+    pub(crate) fn port(self) -> Option<u16> {
         match self {
             RelaySocket::None => None,
             RelaySocket::Opening { port, .. } | RelaySocket::Open { port, .. } => Some(port),
@@ -40,13 +41,13 @@ impl RelaySocket {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct Permission {
+pub(crate) struct Permission {
     pub ip: IpAddr,
     pub expires_at: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct Channel {
+pub(crate) struct Channel {
     pub number: u16,
     pub peer: SocketAddr,
     pub expires_at: Instant,
@@ -57,21 +58,36 @@ pub struct Channel {
 
 /// Why a ChannelBind cannot be honoured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BindRefusal {
+pub(crate) enum BindRefusal {
     /// The number is bound (or held) for another peer, or the peer for another number.
     Conflict,
     /// Too many channels on this allocation.
     Full,
 }
 
-pub struct Allocation {
-    pub listener: ListenerId,
-    pub client: SocketAddr,
+/// What a new allocation is made of (`Allocations::create` files it).
+pub(crate) struct NewAllocation {
+    pub(crate) client: ClientKey,
+    pub(crate) username: String,
+    pub(crate) key: [u8; 16],
+    pub(crate) expires_at: Instant,
+    /// The ports taken for it, by `Family::index()`; a socket is opened on each.
+    pub(crate) ports: [Option<u16>; 2],
+    pub(crate) allocate_transaction: TransactionId,
+    pub(crate) allocate_fingerprint: bool,
+    pub(crate) dont_fragment: bool,
+    pub(crate) retry_need: Option<PortNeed>,
+    pub(crate) reservation: Option<u64>,
+}
+
+pub(crate) struct Allocation {
+    /// Its key in the owner's client index: never changed after `create`.
+    pub(super) client: ClientKey,
     pub username: String,
     pub key: [u8; 16],
     pub expires_at: Instant,
     /// Indexed by `Family::index()`.
-    pub relays: [RelaySocket; 2],
+    pub(super) relays: [RelaySocket; 2],
     pub permissions: Vec<Permission>,
     pub channels: Vec<Channel>,
     /// The Allocate transaction that created this allocation, and the success response
@@ -84,37 +100,64 @@ pub struct Allocation {
     pub dont_fragment: bool,
     /// What another port must be when a bind finds the port in use (the kind EVEN-PORT
     /// asked for); `None` when only this port will do, as for a RESERVATION-TOKEN's.
-    pub retry_need: Option<PortNeed>,
+    pub(super) retry_need: Option<PortNeed>,
     /// The token of the port reserved next to ours (EVEN-PORT with R), for the response.
     pub reservation: Option<u64>,
     /// Its one entry in the timer wheel, once it is live (filed when the Allocate succeeds,
     /// moved when a deadline changes, cancelled when the allocation goes).
-    pub timer: Option<TimerHandle>,
+    pub(super) timer: Option<TimerHandle>,
 }
 
 impl Allocation {
-    pub fn relay(&self, family: Family) -> RelaySocket {
+    /// The client (5-tuple) this allocation belongs to.
+    pub(crate) fn client(&self) -> ClientKey {
+        self.client
+    }
+
+    pub(super) fn new(new: NewAllocation) -> Self {
+        Allocation {
+            client: new.client,
+            username: new.username,
+            key: new.key,
+            expires_at: new.expires_at,
+            relays: new.ports.map(|port| match port {
+                Some(port) => RelaySocket::Opening { port, attempts: 1 },
+                None => RelaySocket::None,
+            }),
+            permissions: Vec::new(),
+            channels: Vec::new(),
+            allocate_transaction: new.allocate_transaction,
+            allocate_response: None,
+            allocate_fingerprint: new.allocate_fingerprint,
+            dont_fragment: new.dont_fragment,
+            retry_need: new.retry_need,
+            reservation: new.reservation,
+            timer: None,
+        }
+    }
+
+    pub(crate) fn relay(&self, family: Family) -> RelaySocket {
         self.relays[family.index()]
     }
 
-    pub fn has_family(&self, family: Family) -> bool {
+    pub(crate) fn has_family(&self, family: Family) -> bool {
         self.relay(family) != RelaySocket::None
     }
 
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.relays
             .iter()
             .all(|r| !matches!(r, RelaySocket::Opening { .. }))
     }
 
-    pub fn has_permission(&self, ip: IpAddr, now: Instant) -> bool {
+    pub(crate) fn has_permission(&self, ip: IpAddr, now: Instant) -> bool {
         self.permissions
             .iter()
             .any(|p| p.ip == ip && now < p.expires_at)
     }
 
     /// Installs or refreshes the permission for `ip`. False when the allocation is full.
-    pub fn permit(&mut self, ip: IpAddr, now: Instant, lifetime: Duration) -> bool {
+    pub(crate) fn permit(&mut self, ip: IpAddr, now: Instant, lifetime: Duration) -> bool {
         let expires_at = now + lifetime;
         if let Some(p) = self.permissions.iter_mut().find(|p| p.ip == ip) {
             p.expires_at = expires_at;
@@ -131,7 +174,7 @@ impl Allocation {
     /// Whether the permissions for all of `ips` (sorted, without duplicates) can be installed
     /// without passing the bound. Linear in the table: each live permission is looked up in
     /// `ips` by binary search (permissions are unique per IP, see `permit`).
-    pub fn can_permit_all(&self, ips: &[IpAddr], now: Instant) -> bool {
+    pub(crate) fn can_permit_all(&self, ips: &[IpAddr], now: Instant) -> bool {
         debug_assert!(ips.windows(2).all(|w| w[0] < w[1]), "sorted and unique");
         let (mut live, mut present) = (0, 0);
         for p in self.permissions.iter().filter(|p| now < p.expires_at) {
@@ -145,7 +188,7 @@ impl Allocation {
 
     /// Installs or refreshes the permissions for all of `ips` (sorted, without duplicates),
     /// or none of them when they would not all fit. One pass over the table, not one per IP.
-    pub fn permit_all(&mut self, ips: &[IpAddr], now: Instant, lifetime: Duration) -> bool {
+    pub(crate) fn permit_all(&mut self, ips: &[IpAddr], now: Instant, lifetime: Duration) -> bool {
         if ips.len() > MAX_PERMISSIONS || !self.can_permit_all(ips, now) {
             return false;
         }
@@ -168,7 +211,7 @@ impl Allocation {
     }
 
     /// The peer of a bound (not expired) channel.
-    pub fn channel_peer(&self, number: u16, now: Instant) -> Option<SocketAddr> {
+    pub(crate) fn channel_peer(&self, number: u16, now: Instant) -> Option<SocketAddr> {
         self.channels
             .iter()
             .find(|c| c.number == number && now < c.expires_at)
@@ -176,7 +219,7 @@ impl Allocation {
     }
 
     /// The number of the bound channel to `peer`.
-    pub fn channel_to(&self, peer: SocketAddr, now: Instant) -> Option<u16> {
+    pub(crate) fn channel_to(&self, peer: SocketAddr, now: Instant) -> Option<u16> {
         self.channels
             .iter()
             .find(|c| c.peer == peer && now < c.expires_at)
@@ -184,7 +227,7 @@ impl Allocation {
     }
 
     /// Binds or refreshes channel `number` to `peer` (RFC 8656 §12.2 rules).
-    pub fn bind_channel(
+    pub(crate) fn bind_channel(
         &mut self,
         number: u16,
         peer: SocketAddr,
@@ -220,13 +263,13 @@ impl Allocation {
     }
 
     /// Drops permissions and channel reservations that are over at `now`.
-    pub fn sweep(&mut self, now: Instant) {
+    pub(crate) fn sweep(&mut self, now: Instant) {
         self.permissions.retain(|p| now < p.expires_at);
         self.channels.retain(|c| now < c.held_until);
     }
 
     /// The earliest moment something of this allocation is due.
-    pub fn next_deadline(&self) -> Instant {
+    pub(crate) fn next_deadline(&self) -> Instant {
         let permissions = self.permissions.iter().map(|p| p.expires_at);
         let channels = self.channels.iter().map(|c| c.held_until);
         permissions
@@ -238,11 +281,11 @@ impl Allocation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::ids::ListenerId;
 
     fn allocation(now: Instant) -> Allocation {
         Allocation {
-            listener: ListenerId(0),
-            client: "192.0.2.1:1000".parse().unwrap(),
+            client: ClientKey::udp(ListenerId(0), "192.0.2.1:1000".parse().unwrap()),
             username: "u".into(),
             key: [0; 16],
             expires_at: now + Duration::from_secs(600),

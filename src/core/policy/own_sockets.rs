@@ -17,8 +17,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use super::cidr::mask6;
-use super::config::Config;
-use super::ids::Family;
+use crate::core::config::Config;
+use crate::core::ids::Family;
 
 /// `net/mask` over the mapped form; IPv4 prefixes sit inside `::ffff:0:0/96`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +49,7 @@ impl Prefix {
 }
 
 #[derive(Debug, Clone, Default)]
+/// The relay's own sockets (see the module docs).
 pub struct OwnSockets {
     /// Listen and metrics sockets: where, and on which port.
     services: Vec<(Prefix, u16)>,
@@ -144,7 +145,7 @@ fn reached_at(ip: IpAddr, host: &[IpAddr]) -> impl Iterator<Item = Prefix> + '_ 
 fn forms(ip: IpAddr) -> impl Iterator<Item = u128> {
     let bits = canonical(ip);
     let carried = match ip {
-        IpAddr::V6(v6) => super::policy::carried_ipv4(u128::from(v6))
+        IpAddr::V6(v6) => super::rules::carried_ipv4(u128::from(v6))
             .map(|v4| canonical(IpAddr::V4(Ipv4Addr::from(v4)))),
         IpAddr::V4(_) => None,
     };

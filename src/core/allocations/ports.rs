@@ -5,18 +5,18 @@
 
 use std::ops::RangeInclusive;
 
-use super::rng::Rng;
+use crate::core::rng::Rng;
 
 /// What kind of port a request needs (RFC 8656 §7.2, EVEN-PORT).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PortNeed {
+pub(crate) enum PortNeed {
     Any,
     Even,
     /// An even port whose successor is free too, to be reserved.
     EvenPair,
 }
 
-pub struct PortPool {
+pub(crate) struct PortPool {
     lowest: u16,
     len: usize,
     /// Bit i set: port lowest+i is free.
@@ -25,7 +25,7 @@ pub struct PortPool {
 }
 
 impl PortPool {
-    pub fn new(range: RangeInclusive<u16>) -> Self {
+    pub(crate) fn new(range: RangeInclusive<u16>) -> Self {
         let lowest = *range.start();
         let len = range.count();
         let mut free = vec![0u64; len.div_ceil(64)];
@@ -42,7 +42,7 @@ impl PortPool {
 
     /// A free port of the kind needed, starting the search at a random place; `None` if
     /// there is none. For `EvenPair` the caller takes the odd neighbour with `take_exact`.
-    pub fn take(&mut self, rng: &mut Rng, need: PortNeed) -> Option<u16> {
+    pub(crate) fn take(&mut self, rng: &mut Rng, need: PortNeed) -> Option<u16> {
         if self.free_count == 0 {
             return None;
         }
@@ -55,7 +55,7 @@ impl PortPool {
     }
 
     /// Takes a specific port if it is free.
-    pub fn take_exact(&mut self, port: u16) -> bool {
+    pub(crate) fn take_exact(&mut self, port: u16) -> bool {
         match self.index(port) {
             Some(i) if self.is_free(i) => {
                 self.clear(i);
@@ -65,7 +65,7 @@ impl PortPool {
         }
     }
 
-    pub fn release(&mut self, port: u16) {
+    pub(crate) fn release(&mut self, port: u16) {
         let Some(i) = self.index(port) else {
             return;
         };
@@ -78,15 +78,15 @@ impl PortPool {
 
     /// Whether `port` is in the range and held (by a relay socket, an open in flight or a
     /// reservation). O(1): asked for every client datagram.
-    pub fn is_held(&self, port: u16) -> bool {
+    pub(crate) fn is_held(&self, port: u16) -> bool {
         self.index(port).is_some_and(|i| !self.is_free(i))
     }
 
-    pub fn in_use(&self) -> usize {
+    pub(crate) fn in_use(&self) -> usize {
         self.len - self.free_count
     }
 
-    pub fn free(&self) -> usize {
+    pub(crate) fn free(&self) -> usize {
         self.free_count
     }
 

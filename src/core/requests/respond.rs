@@ -1,0 +1,91 @@
+//! Building and sending responses: success, errors from the one `Failure` table, and the
+//! admission of answers to unauthenticated requests.
+
+use stun_codec::MessageClass;
+
+use super::Requester;
+use crate::core::failure::Failure;
+use crate::core::server::Server;
+use crate::core::wire::{self as message, Attribute};
+
+impl Server {
+    pub(super) fn reply_success(
+        &mut self,
+        requester: &Requester,
+        attributes: Vec<Attribute>,
+        key: Option<&[u8; 16]>,
+    ) {
+        let mut response = message::new_message(MessageClass::SuccessResponse, &requester.header);
+        for attribute in attributes {
+            response.add_attribute(attribute);
+        }
+        let bytes = message::encode(response, key.map(|k| &k[..]), requester.fingerprint);
+        self.counters.count_response(requester.header.method, 200);
+        self.reply(requester.client, bytes);
+    }
+
+    /// An error answer to a request that is not authenticated (yet).
+    pub(super) fn reply_unauthenticated(
+        &mut self,
+        requester: &Requester,
+        request_len: usize,
+        failure: Failure,
+    ) {
+        let code = failure.code();
+        let bytes = self.error_response(requester, failure, None);
+        self.send_unauthenticated(requester, request_len, code, bytes);
+    }
+
+    /// Sends an answer to an unauthenticated request if its source's byte credit covers it
+    /// (`admission`): these are what a spoofed source could reflect at a victim.
+    pub(super) fn send_unauthenticated(
+        &mut self,
+        requester: &Requester,
+        request_len: usize,
+        code: u16,
+        bytes: Vec<u8>,
+    ) {
+        if !Self::is_request(&requester.header) {
+            return;
+        }
+        if self
+            .unauthenticated_answers
+            .admit(requester.client.addr.ip(), request_len, bytes.len())
+        {
+            self.counters.count_response(requester.header.method, code);
+            self.reply(requester.client, bytes);
+        } else {
+            self.counters.rate_limited += 1;
+        }
+    }
+
+    /// The one place an error response is built and sent. `key` signs it when the request
+    /// was authenticated; 401 and 438 never are.
+    pub(super) fn reply_error(
+        &mut self,
+        requester: &Requester,
+        failure: Failure,
+        key: Option<&[u8; 16]>,
+    ) {
+        if !Self::is_request(&requester.header) {
+            return;
+        }
+        self.counters
+            .count_response(requester.header.method, failure.code());
+        let bytes = self.error_response(requester, failure, key);
+        self.reply(requester.client, bytes);
+    }
+
+    pub(super) fn error_response(
+        &self,
+        requester: &Requester,
+        failure: Failure,
+        key: Option<&[u8; 16]>,
+    ) -> Vec<u8> {
+        let mut response = message::new_message(MessageClass::ErrorResponse, &requester.header);
+        for attribute in failure.attributes(&self.config.realm) {
+            response.add_attribute(attribute);
+        }
+        message::encode(response, key.map(|k| &k[..]), requester.fingerprint)
+    }
+}
