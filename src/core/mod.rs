@@ -22,6 +22,7 @@ mod ports;
 mod requests;
 mod rng;
 mod server;
+pub mod stream_framing;
 mod timer;
 
 pub use cidr::{Cidr, CidrError};
