@@ -9,6 +9,7 @@ pub mod limits;
 mod metrics;
 mod signals;
 mod sockets;
+pub mod tls;
 
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
