@@ -86,16 +86,17 @@ pub fn next_frame(buf: &[u8]) -> NextFrame {
 }
 
 fn stun(buf: &[u8]) -> NextFrame {
-    // Judge what is there already, so that garbage is refused before a whole header arrives.
-    let cookie_seen = buf.get(4..).unwrap_or_default();
-    let cookie_seen = &cookie_seen[..cookie_seen.len().min(MAGIC_COOKIE.len())];
-    if *cookie_seen != MAGIC_COOKIE[..cookie_seen.len()] {
-        return NextFrame::Invalid(Invalid::MagicCookie);
-    }
+    // Judge what is there already, so that garbage is refused before a whole header arrives,
+    // and in the order the bytes come, so that the verdict does not depend on the chunks.
     if let Some(&low) = buf.get(3)
         && low % 4 != 0
     {
         return NextFrame::Invalid(Invalid::StunLength);
+    }
+    let cookie_seen = buf.get(4..).unwrap_or_default();
+    let cookie_seen = &cookie_seen[..cookie_seen.len().min(MAGIC_COOKIE.len())];
+    if *cookie_seen != MAGIC_COOKIE[..cookie_seen.len()] {
+        return NextFrame::Invalid(Invalid::MagicCookie);
     }
     match length_field(buf) {
         Some(body) => complete_or_needed(buf, FrameKind::Stun, STUN_HEADER_LEN + body),
@@ -304,9 +305,17 @@ mod tests {
                 "{first:#x}"
             );
         }
-        // A TLS ClientHello on a plain TCP port is STUN-like at first, then has no cookie.
+        // A TLS ClientHello on a plain TCP port is STUN-like at first, then has no cookie
+        // (record header 16 03 01 00 c8: a STUN length of 0x0100, then no cookie).
+        let client_hello = [0x16, 0x03, 0x01, 0x00, 0xC8, 0x01, 0x00, 0x00, 0xC4];
         assert_eq!(
-            next_frame(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]),
+            next_frame(&client_hello[..4]),
+            NextFrame::Incomplete {
+                needed: 20 + 256 - 4
+            }
+        );
+        assert_eq!(
+            next_frame(&client_hello),
             NextFrame::Invalid(Invalid::MagicCookie)
         );
     }
@@ -339,6 +348,18 @@ mod tests {
             next_frame(&message),
             NextFrame::Invalid(Invalid::StunLength)
         );
+    }
+
+    /// Found by the fuzzer: a bad length and a bad cookie give the same verdict whether the
+    /// header arrives in one piece or in two.
+    #[test]
+    fn the_verdict_does_not_depend_on_the_chunks() {
+        let header = [0x00, 0x01, 0x00, 0x06, 0x00, 0x00, 0x01, 0x00];
+        assert_eq!(
+            next_frame(&header[..4]),
+            NextFrame::Invalid(Invalid::StunLength)
+        );
+        assert_eq!(next_frame(&header), NextFrame::Invalid(Invalid::StunLength));
     }
 
     #[test]
