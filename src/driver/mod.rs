@@ -16,6 +16,7 @@ mod metrics;
 mod signals;
 #[allow(unsafe_code)] // setsockopt
 mod sockets;
+pub mod tls;
 
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;

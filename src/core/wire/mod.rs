@@ -5,6 +5,7 @@
 pub mod framing;
 pub mod integrity;
 pub mod relayed_frames;
+pub mod stream_framing;
 pub mod stun;
 
 pub use framing::{Framing, Header, classify};
