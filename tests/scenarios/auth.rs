@@ -421,6 +421,33 @@ fn attribute_count_is_capped_at_128() {
     assert_eq!(h.server.allocation_count(), 0);
 }
 
+/// RFC 8489 §14.3, §14.9, §14.10, §14.14: USERNAME is at most 512 bytes (as RFC 5389 had
+/// it), REALM, NONCE and SOFTWARE fewer than 763. A longer one is refused with 400 before
+/// anything is decoded, so that a 60 KB text attribute costs no more than a short one.
+#[test]
+fn text_attributes_over_their_rfc_length_are_refused_unread() {
+    let mut h = Harness::new();
+    let c = addr("198.51.100.1:40000");
+    // A USERNAME of 512 bytes decodes, and a Binding ignores it; 513 is a 400.
+    let r = h.call(c, Req::request(BINDING).raw(t::USERNAME, &[b'u'; 512]));
+    assert_eq!(r.class(), MessageClass::SuccessResponse);
+    let r = h.call(c, Req::request(BINDING).raw(t::USERNAME, &[b'u'; 513]));
+    assert_eq!(
+        (r.error_code(), r.types()),
+        (Some(400), vec![t::ERROR_CODE])
+    );
+    for kind in [t::REALM, t::NONCE, 0x8022] {
+        // 127 three-byte characters (381 bytes): within both of the RFC's limits.
+        let text = "€".repeat(127).into_bytes()[..381].to_vec();
+        let r = h.call(c, Req::request(BINDING).raw(kind, &text));
+        assert_eq!(r.class(), MessageClass::SuccessResponse, "{kind:#06x}");
+        let r = h.call(c, Req::request(BINDING).raw(kind, &vec![b'x'; 763]));
+        assert_eq!(r.error_code(), Some(400), "{kind:#06x}");
+        let r = h.call(c, Req::request(BINDING).raw(kind, &vec![b'x'; 60_000]));
+        assert_eq!(r.error_code(), Some(400), "{kind:#06x}");
+    }
+}
+
 /// RFC 8656 §7.2 item 10: a quota "SHOULD [be] based on the username used to authenticate the
 /// request and not on the client's transport address": 1,000 clients behind one NAT address,
 /// retransmitting per RFC 8489 §6.2.1, all get their 401 and then their allocation.

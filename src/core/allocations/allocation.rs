@@ -71,6 +71,7 @@ pub(crate) struct NewAllocation {
     pub(crate) username: String,
     pub(crate) key: [u8; 16],
     pub(crate) expires_at: Instant,
+    pub(crate) created_unix: u64,
     /// The ports taken for it, by `Family::index()`; a socket is opened on each.
     pub(crate) ports: [Option<u16>; 2],
     pub(crate) allocate_transaction: TransactionId,
@@ -86,6 +87,9 @@ pub(crate) struct Allocation {
     pub username: String,
     pub key: [u8; 16],
     pub expires_at: Instant,
+    /// Unix seconds when it was created: the oldest nonce a closing Refresh may carry
+    /// stale is one issued a nonce lifetime before that.
+    pub created_unix: u64,
     /// Indexed by `Family::index()`.
     pub(super) relays: [RelaySocket; 2],
     pub permissions: Vec<Permission>,
@@ -120,6 +124,7 @@ impl Allocation {
             username: new.username,
             key: new.key,
             expires_at: new.expires_at,
+            created_unix: new.created_unix,
             relays: new.ports.map(|port| match port {
                 Some(port) => RelaySocket::Opening { port, attempts: 1 },
                 None => RelaySocket::None,
@@ -289,6 +294,7 @@ mod tests {
             username: "u".into(),
             key: [0; 16],
             expires_at: now + Duration::from_secs(600),
+            created_unix: 0,
             relays: [
                 RelaySocket::Open {
                     relay: RelayId(1),

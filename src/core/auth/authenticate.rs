@@ -81,8 +81,22 @@ pub(crate) fn nonce_is_fresh(
     client: SocketAddr,
     lifetime: u64,
 ) -> bool {
-    let nonce = message::attribute_value(datagram, Nonce::CODEPOINT)
+    nonce_of(datagram)
+        .is_some_and(|nonce| nonces.check(nonce, unix_now, client, lifetime) == NonceCheck::Valid)
+}
+
+/// The issue time (Unix seconds mod 2^32) of the request's NONCE if `nonces` issued it to
+/// this client, however old.
+pub(crate) fn nonce_issued_to(
+    nonces: &NonceKey,
+    datagram: &[u8],
+    client: SocketAddr,
+) -> Option<u32> {
+    nonce_of(datagram).and_then(|nonce| nonces.issued_to(nonce, client))
+}
+
+fn nonce_of(datagram: &[u8]) -> Option<&str> {
+    message::attribute_value(datagram, Nonce::CODEPOINT)
         .and_then(|range| datagram.get(range))
-        .and_then(|bytes| std::str::from_utf8(bytes).ok());
-    nonce.is_some_and(|nonce| nonces.check(nonce, unix_now, client, lifetime) == NonceCheck::Valid)
+        .and_then(|bytes| std::str::from_utf8(bytes).ok())
 }

@@ -67,22 +67,25 @@ impl NonceKey {
         client: SocketAddr,
         lifetime_secs: u64,
     ) -> NonceCheck {
-        let Some((issued, tag)) = parse_nonce(nonce) else {
+        let Some(issued) = self.issued_to(nonce, client) else {
             return NonceCheck::Invalid;
         };
-        if self
-            .mac(issued, client)
-            .verify_truncated_left(&tag)
-            .is_err()
-        {
-            return NonceCheck::Invalid;
-        }
         let age = truncate_time(unix_now).wrapping_sub(issued);
         let ahead = issued.wrapping_sub(truncate_time(unix_now));
         if ahead <= MAX_FUTURE_SECS || u64::from(age) <= lifetime_secs {
             return NonceCheck::Valid;
         }
         NonceCheck::Stale
+    }
+
+    /// The issue time (Unix seconds mod 2^32) of a nonce we issued to `client`, however
+    /// old; None if it is not ours or was issued to another address.
+    pub(crate) fn issued_to(&self, nonce: &str, client: SocketAddr) -> Option<u32> {
+        let (issued, tag) = parse_nonce(nonce)?;
+        self.mac(issued, client)
+            .verify_truncated_left(&tag)
+            .ok()
+            .map(|()| issued)
     }
 
     fn mac(&self, issued: u32, client: SocketAddr) -> Hmac<Sha1> {

@@ -48,7 +48,12 @@ impl Server {
             self.expire_due_exact(now.instant);
         }
         if let Some((_, existing)) = self.allocations.of_client(&requester.client) {
-            if existing.allocate_transaction != requester.header.transaction_id {
+            // Another transaction, or the same transaction id under other credentials (a
+            // later client on a reused 5-tuple, e.g. a NAT mapping handed on): not a
+            // retransmission, and never given the earlier client's answer.
+            if existing.allocate_transaction != requester.header.transaction_id
+                || existing.username != credentials.username
+            {
                 return Err(Failure::AllocationMismatch);
             }
             // A retransmission: the same answer again, or none yet while the socket opens.
@@ -124,6 +129,7 @@ impl Server {
             username: credentials.username.clone(),
             key: credentials.key,
             expires_at: now.instant + lifetime,
+            created_unix: now.unix_secs,
             ports,
             allocate_transaction: requester.header.transaction_id,
             allocate_fingerprint: requester.fingerprint,

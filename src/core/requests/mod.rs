@@ -18,7 +18,7 @@ use stun_codec::rfc5766::attributes::Lifetime;
 use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH, SEND};
 use stun_codec::rfc8656::attributes::AddressFamily;
 
-use crate::core::auth::authenticate::{Refused, Verifier, nonce_is_fresh};
+use crate::core::auth::authenticate::{Refused, Verifier, nonce_is_fresh, nonce_issued_to};
 use crate::core::auth::credentials::Credentials;
 use crate::core::client::ClientKey;
 use crate::core::failure::Failure;
@@ -81,16 +81,36 @@ impl Server {
                 return None;
             }
         };
-        match self.authenticated(now, &requester, datagram, layout, &credentials) {
-            Ok(Some(attributes)) => {
-                self.reply_success(&requester, attributes, Some(&credentials.key))
-            }
-            Ok(None) => {} // answered later (Allocate waits for its relay socket)
-            // RFC 8489 §9.2.4: a 438 SHOULD NOT carry MESSAGE-INTEGRITY.
-            Err(failure @ Failure::StaleNonce { .. }) => {
-                self.reply_error(&requester, failure, None)
-            }
-            Err(failure) => self.reply_error(&requester, failure, Some(&credentials.key)),
+        // The MAC proves the key, and a web app hands keys to every visitor; only a nonce
+        // issued to this address within its lifetime shows the request came from there.
+        // Answers to anything less (438, a signed 400, a closing Refresh with a stale
+        // nonce) are paid from the source's byte credit like every unauthenticated answer.
+        let proven = nonce_is_fresh(
+            &self.nonces,
+            datagram,
+            now.unix_secs,
+            client.addr,
+            self.config.lifetimes.nonce_secs,
+        );
+        let key = Some(&credentials.key);
+        let (code, bytes) =
+            match self.authenticated(now, &requester, datagram, layout, &credentials, proven) {
+                Ok(Some(attributes)) => (200, self.success_response(&requester, attributes, key)),
+                Ok(None) => return None, // answered later (Allocate waits for its relay socket)
+                // RFC 8489 §9.2.4: a 438 SHOULD NOT carry MESSAGE-INTEGRITY.
+                Err(failure @ Failure::StaleNonce { .. }) => {
+                    (438, self.error_response(&requester, failure, None))
+                }
+                Err(failure) => (
+                    failure.code(),
+                    self.error_response(&requester, failure, key),
+                ),
+            };
+        if proven {
+            self.counters.count_response(requester.header.method, code);
+            self.reply(client, bytes);
+        } else {
+            self.send_unauthenticated(&requester, datagram.len(), code, bytes);
         }
         None
     }
@@ -173,26 +193,20 @@ impl Server {
         datagram: &[u8],
         layout: IntegrityLayout,
         credentials: &Credentials,
+        nonce_fresh: bool,
     ) -> Result<Option<Vec<Attribute>>, Failure> {
         let decoded = message::decode_attributes(datagram, requester.header, layout)
             .map_err(|_| Failure::BadRequest)?;
         let message = &decoded.message;
         // A closing Refresh is honoured with a stale nonce: Chrome and Firefox do not retry
         // it after a 438, and the allocation would hold its port and quota until it expired.
-        // Its MESSAGE-INTEGRITY proves the key; a replay can only delete what it deleted.
         let closing = message.method() == REFRESH
             && message
                 .get_attribute::<Lifetime>()
                 .is_some_and(|l| l.lifetime().is_zero());
-        if !closing
-            && !nonce_is_fresh(
-                &self.nonces,
-                datagram,
-                now.unix_secs,
-                requester.client.addr,
-                self.config.lifetimes.nonce_secs,
-            )
-        {
+        let closes_with_stale_nonce =
+            closing && self.may_close_with(now, requester.client, datagram);
+        if !nonce_fresh && !closes_with_stale_nonce {
             return Err(Failure::StaleNonce {
                 nonce: self.nonce_for(now, requester.client.addr),
             });
@@ -206,6 +220,25 @@ impl Server {
         } else {
             self.on_allocation(now, requester, &decoded, credentials)
         }
+    }
+
+    /// Whether a closing Refresh's stale nonce still proves enough: we issued it to this
+    /// very address, and no earlier than a nonce lifetime before the client's live
+    /// allocation was created. So it can only be this allocation's own client's Refresh
+    /// (or a replay of it from the same address, which deletes what it deleted); not an
+    /// earlier allocation's closing Refresh replayed later on a reused 5-tuple, nor one
+    /// sent from or to another address by someone else who holds the same credentials.
+    fn may_close_with(&self, now: Now, client: ClientKey, datagram: &[u8]) -> bool {
+        let Some((_, allocation)) = self.allocations.of_client(&client) else {
+            return false;
+        };
+        let Some(issued) = nonce_issued_to(&self.nonces, datagram, client.addr) else {
+            return false;
+        };
+        // Ages mod 2^32 seconds, as the nonce carries its issue time.
+        let floor =
+            (allocation.created_unix as u32).wrapping_sub(self.config.lifetimes.nonce_secs as u32);
+        issued.wrapping_sub(floor) <= (now.unix_secs as u32).wrapping_sub(floor)
     }
 
     /// Requests that act on an existing allocation: Refresh, ChannelBind, CreatePermission.

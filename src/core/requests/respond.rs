@@ -9,19 +9,17 @@ use crate::core::server::Server;
 use crate::core::wire::{self as message, Attribute};
 
 impl Server {
-    pub(super) fn reply_success(
-        &mut self,
+    pub(super) fn success_response(
+        &self,
         requester: &Requester,
         attributes: Vec<Attribute>,
         key: Option<&[u8; 16]>,
-    ) {
+    ) -> Vec<u8> {
         let mut response = message::new_message(MessageClass::SuccessResponse, &requester.header);
         for attribute in attributes {
             response.add_attribute(attribute);
         }
-        let bytes = message::encode(response, key.map(|k| &k[..]), requester.fingerprint);
-        self.counters.count_response(requester.header.method, 200);
-        self.reply(requester.client, bytes);
+        message::encode(response, key.map(|k| &k[..]), requester.fingerprint)
     }
 
     /// An error answer to a request that is not authenticated (yet).
