@@ -1196,10 +1196,13 @@ mod over_udp {
         // Every answer fits in 3x its request (the byte bound is measured in the core
         // tests); everything else is dropped and counted.
         assert!(answers > 0, "no answers at all");
+        // What the kernel dropped at the relay's full socket (an unpaced flood on a busy
+        // machine) never reached the relay; everything else it answered or counted.
+        let dropped = common::udp_receive_drops(relay.addr);
         assert_eq!(
-            challenged + limited,
+            challenged + limited + dropped,
             20_040,
-            "every request answered or counted"
+            "every request answered, counted or dropped by the kernel ({dropped})"
         );
         assert!(
             rss_after <= rss_before + 512,

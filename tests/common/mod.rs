@@ -488,3 +488,28 @@ pub fn open_descriptors(pid: u32) -> usize {
         .expect("/proc/PID/fd")
         .count()
 }
+
+/// Datagrams the kernel dropped at the full receive buffer of the IPv4 UDP socket bound to
+/// `addr` (the `drops` column of /proc/net/udp), so that a flood test can count what the
+/// relay never saw instead of depending on how much CPU it got.
+pub fn udp_receive_drops(addr: SocketAddr) -> u64 {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("udp_receive_drops: IPv4 only");
+    };
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/udp").expect("/proc/net/udp");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(1) == Some(&want.as_str()))
+                .then(|| fields.last().and_then(|d| d.parse::<u64>().ok()))
+                .flatten()
+        })
+        .sum()
+}
