@@ -380,25 +380,8 @@ pub struct Reply {
     pub attrs: Vec<(u16, Vec<u8>)>,
 }
 
-pub mod attr {
-    pub const USERNAME: u16 = 0x0006;
-    pub const MESSAGE_INTEGRITY: u16 = 0x0008;
-    pub const ERROR_CODE: u16 = 0x0009;
-    pub const CHANNEL_NUMBER: u16 = 0x000C;
-    pub const LIFETIME: u16 = 0x000D;
-    pub const XOR_PEER_ADDRESS: u16 = 0x0012;
-    pub const DATA: u16 = 0x0013;
-    pub const REALM: u16 = 0x0014;
-    pub const NONCE: u16 = 0x0015;
-    pub const XOR_RELAYED_ADDRESS: u16 = 0x0016;
-    pub const REQUESTED_ADDRESS_FAMILY: u16 = 0x0017;
-    pub const EVEN_PORT: u16 = 0x0018;
-    pub const REQUESTED_TRANSPORT: u16 = 0x0019;
-    pub const DONT_FRAGMENT: u16 = 0x001A;
-    pub const RESERVATION_TOKEN: u16 = 0x0022;
-    pub const ADDITIONAL_ADDRESS_FAMILY: u16 = 0x8000;
-    pub const FINGERPRINT: u16 = 0x8028;
-}
+/// Attribute codepoints, the tests' encoder's.
+pub use crate::stun_encoder::kind as attr;
 
 pub mod method {
     pub const BINDING: u16 = 0x001;

@@ -14,24 +14,7 @@ use crate::stun_encoder::codec::Attribute;
 use crate::stun_encoder::{self as enc, Attr, Encoder, long_term_key, rest_password};
 
 /// Attribute codepoints, to assert the exact attribute list of a response.
-pub mod types {
-    pub const USERNAME: u16 = 0x0006;
-    pub const MESSAGE_INTEGRITY: u16 = 0x0008;
-    pub const ERROR_CODE: u16 = 0x0009;
-    pub const UNKNOWN_ATTRIBUTES: u16 = 0x000A;
-    pub const CHANNEL_NUMBER: u16 = 0x000C;
-    pub const LIFETIME: u16 = 0x000D;
-    pub const XOR_PEER_ADDRESS: u16 = 0x0012;
-    pub const DATA: u16 = 0x0013;
-    pub const REALM: u16 = 0x0014;
-    pub const NONCE: u16 = 0x0015;
-    pub const XOR_RELAYED_ADDRESS: u16 = 0x0016;
-    pub const EVEN_PORT: u16 = 0x0018;
-    pub const DONT_FRAGMENT: u16 = 0x001A;
-    pub const XOR_MAPPED_ADDRESS: u16 = 0x0020;
-    pub const RESERVATION_TOKEN: u16 = 0x0022;
-    pub const FINGERPRINT: u16 = 0x8028;
-}
+pub use crate::stun_encoder::kind as types;
 
 /// TURN REST API credentials as a client holds them.
 #[derive(Debug, Clone)]
