@@ -221,6 +221,11 @@ impl TurnServer {
         server
     }
 
+    /// Our relay's metrics endpoint; None for coturn.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+    }
+
     /// One sample of our relay's `/metrics` (0 when absent); None for coturn.
     pub fn metric(&self, sample: &str) -> Option<u64> {
         let text = common::scrape(self.metrics?);
