@@ -28,9 +28,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use chromium::Chromium;
-use common::{RelayProcess, credentials, free_port_range, metric, scrape};
+use common::{RelayProcess, credentials, free_port_range, scrape};
 use page_server::{PageServer, Posted};
-use turn_servers::{Kind, TurnServer, V4};
+use turn_servers::{Kind, TurnServer, V4, metric_sum};
 
 const PAGE: &str = include_str!("browser/datachannel.html");
 /// Messages each way.
@@ -237,7 +237,7 @@ fn browser_relays(kind: Kind, transport: &str) {
     // bytes relayed each way are at least the messages' (SCTP may bundle several messages in
     // a datagram, so datagrams are no measure of messages).
     let text = scrape(metrics);
-    let value = |series: &str| metric(&text, series);
+    let value = |series: &str| metric_sum(&text, series);
     let allocations = value("relay_allocations_created_total");
     let channel_binds = value("relay_responses_total{method=\"channel_bind\",code=\"200\"}");
     let to_peer = value("relay_packets_relayed_total{direction=\"client_to_peer\"}");
@@ -252,7 +252,7 @@ fn browser_relays(kind: Kind, transport: &str) {
     // The page closed both peer connections: Chromium deletes its allocations (Refresh with
     // LIFETIME 0), which the relay may not have seen yet when the result arrived.
     let deadline = Instant::now() + common::WAIT;
-    while metric(&scrape(metrics), "relay_allocations") > 0 {
+    while metric_sum(&scrape(metrics), "relay_allocations") > 0 {
         assert!(
             Instant::now() < deadline,
             "the allocations outlived the closed peer connections by {:?}\n{}\n{}",

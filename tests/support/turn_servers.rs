@@ -228,8 +228,7 @@ impl TurnServer {
 
     /// One sample of our relay's `/metrics` (0 when absent); None for coturn.
     pub fn metric(&self, sample: &str) -> Option<u64> {
-        let text = common::scrape(self.metrics?);
-        Some(common::metric(&text, sample))
+        Some(metric_sum(&common::scrape(self.metrics?), sample))
     }
 
     pub fn metrics_text(&self) -> String {
@@ -291,4 +290,34 @@ fn wait_for_tcp(addr: SocketAddr, server: &TurnServer) {
         common::WAIT,
         server.log()
     );
+}
+
+/// The sum of the samples of `/metrics` text that match `series`
+/// (`name{label="value",...}` or `name`): same name, and every label of `series` among the
+/// sample's. So a series keeps matching when the relay adds labels to it (issue 12 labels
+/// metrics by `transport`): `relay_allocations` then sums UDP, TCP and TLS. 0 when absent.
+pub fn metric_sum(text: &str, series: &str) -> u64 {
+    let (name, labels) = split_series(series);
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter(|(sample, _)| {
+            let (sample_name, sample_labels) = split_series(sample);
+            sample_name == name && labels.iter().all(|l| sample_labels.contains(l))
+        })
+        .filter_map(|(_, value)| value.trim().parse::<u64>().ok())
+        .sum()
+}
+
+fn split_series(series: &str) -> (&str, Vec<&str>) {
+    match series.split_once('{') {
+        Some((name, rest)) => (
+            name,
+            rest.trim_end_matches('}')
+                .split(',')
+                .filter(|l| !l.is_empty())
+                .collect(),
+        ),
+        None => (series, Vec::new()),
+    }
 }
