@@ -187,6 +187,12 @@ fn aioice_ours_tls_on_the_tcp_port() {
     aioice_echo(Kind::Ours, Stream::TlsOnTcpPort, V4);
 }
 
+/// coturn too tells TLS from TCP by the first byte on its plain TCP port.
+#[test]
+fn aioice_coturn_tls_on_the_tcp_port() {
+    aioice_echo(Kind::Coturn, Stream::TlsOnTcpPort, V4);
+}
+
 #[test]
 fn aioice_coturn_tcp_ipv4() {
     aioice_echo(Kind::Coturn, Stream::Tcp, V4);
