@@ -454,3 +454,19 @@ fn metric_lookup_sums_over_extra_labels() {
     );
     assert_eq!(turn_servers::metric_sum(text, "relay_missing"), 0);
 }
+
+/// FIPS 180-4's examples: the hash Chromium is given for the test's server key.
+#[test]
+fn sha256_known_answers() {
+    let hex = |d: [u8; 32]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    assert_eq!(
+        hex(sha256::sha256(b"abc")),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    assert_eq!(
+        hex(sha256::sha256(
+            b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"
+        )),
+        "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
+    );
+}
