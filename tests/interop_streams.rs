@@ -423,13 +423,13 @@ fn uclient_coturn_tcp() {
     uclient_indications(Kind::Coturn, Stream::Tcp, 0);
 }
 
-/// coturn 4.6.1 over TLS with uclient: in manual runs some handshakes ended in "tlsv1 alert
-/// internal error" (uclient reconnects) and 0 to 5 % of the messages were lost ("Wrong
-/// integrity in a message received from server"); none in this test's runs so far. That is
-/// coturn's, tolerated here; our relay must lose none.
+/// coturn 4.6.1 over TLS with uclient: some handshakes end in "tlsv1 alert internal error"
+/// (uclient reconnects) and up to 6.5 % of the messages were lost in our runs ("Wrong
+/// integrity in a message received from server"; none in most runs, more under CPU load).
+/// That is coturn's, tolerated here up to a quarter; our relay must lose none.
 #[test]
 fn uclient_coturn_tls() {
-    uclient_indications(Kind::Coturn, Stream::Tls, 40);
+    uclient_indications(Kind::Coturn, Stream::Tls, 100);
 }
 
 /// The metric lookup of these tests keeps working when the relay labels a series by
