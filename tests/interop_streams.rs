@@ -356,9 +356,8 @@ fn uclient_totals(stdout: &str) -> Option<(u64, u64, u64)> {
 /// Four uclients over `stream` (`-t`, or `-t -S` for TLS: `-S` alone is DTLS), Send
 /// indications out and Data indications back (`-s`: CreatePermission, no channels, so no
 /// channel-number caveat), 100 messages of 1000 bytes each, DONT-FRAGMENT in every
-/// Allocate (`-g`), to turnutils_peer on 127.0.0.1. `allowed_loss` messages of the 400 may
-/// go missing (0 for our relay).
-fn uclient_indications(kind: Kind, stream: Stream, allowed_loss: u64) {
+/// Allocate (`-g`), to turnutils_peer on 127.0.0.1, within `tolerance` (none for our relay).
+fn uclient_indications(kind: Kind, stream: Stream, tolerance: Tolerance) {
     let server = server(
         kind,
         40,
@@ -369,67 +368,101 @@ fn uclient_indications(kind: Kind, stream: Stream, allowed_loss: u64) {
         ],
     );
     let (_peer, peer_port) = echo_peer();
-    let mut command = Command::new("turnutils_uclient");
-    command
-        .args(["-W", common::SECRET, "-u", "streams"])
-        .args(["-p", &stream.port(&server).to_string()])
-        .args(["-e", "127.0.0.1", "-r", &peer_port.to_string()])
-        .arg("-t");
-    if !matches!(stream, Stream::Tcp) {
-        command.arg("-S");
+    let mut failures = Vec::new();
+    for _ in 0..tolerance.runs {
+        let mut command = Command::new("turnutils_uclient");
+        command
+            .args(["-W", common::SECRET, "-u", "streams"])
+            .args(["-p", &stream.port(&server).to_string()])
+            .args(["-e", "127.0.0.1", "-r", &peer_port.to_string()])
+            .arg("-t");
+        if !matches!(stream, Stream::Tcp) {
+            command.arg("-S");
+        }
+        command
+            .args([
+                "-s", "-g", "-c", "-m", "4", "-n", "100", "-l", "1000", "-z", "5",
+            ])
+            .arg("127.0.0.1");
+        let finished = run_bounded(command, Duration::from_secs(60));
+        match uclient_outcome(&finished, tolerance.lost) {
+            Ok((lost, received)) => {
+                eprintln!(
+                    "uclient over {stream:?} against {kind:?}: {received}/400 back, {lost} lost \
+                     (after {} failed runs)",
+                    failures.len()
+                );
+                if let Some(permissions) = server.responses("create_permission", 200) {
+                    let metrics = server.metrics_text();
+                    assert!(permissions >= 4, "{metrics}");
+                    assert_eq!(server.responses("channel_bind", 200), Some(0), "{metrics}");
+                    assert!(server.relayed("peer_to_client") >= Some(400), "{metrics}");
+                }
+                return;
+            }
+            Err(why) => failures.push(format!("{why}\n{}", finished.output())),
+        }
     }
-    command
-        .args([
-            "-s", "-g", "-c", "-m", "4", "-n", "100", "-l", "1000", "-z", "5",
-        ])
-        .arg("127.0.0.1");
-    let finished = run_bounded(command, Duration::from_secs(60));
-    let out = finished.output();
-    assert!(
-        finished.success(),
-        "uclient over {stream:?} against {kind:?} failed\n{out}\n--- server log ---\n{}",
+    panic!(
+        "uclient over {stream:?} against {kind:?}: {} of {} runs failed\n{}\n--- server log ---\n{}",
+        failures.len(),
+        tolerance.runs,
+        failures.join("\n=====\n"),
         server.log()
     );
-    let (lost, sent, received) =
-        uclient_totals(&finished.stdout).unwrap_or_else(|| panic!("no uclient totals\n{out}"));
-    assert_eq!(sent, 400, "{out}");
-    assert!(
-        lost <= allowed_loss && received + allowed_loss >= 400,
-        "uclient over {stream:?} against {kind:?}: {lost} lost, {received} of {sent} back\n{out}"
-    );
-    eprintln!("uclient over {stream:?} against {kind:?}: {received}/{sent} back, {lost} lost");
-    if let Some(permissions) = server.responses("create_permission", 200) {
-        let metrics = server.metrics_text();
-        assert!(permissions >= 4, "{metrics}");
-        assert_eq!(server.responses("channel_bind", 200), Some(0), "{metrics}");
-        assert!(server.relayed("peer_to_client") >= Some(400), "{metrics}");
+}
+
+/// What a uclient test accepts: runs (the first that passes counts) and messages lost.
+#[derive(Clone, Copy)]
+struct Tolerance {
+    runs: u32,
+    lost: u64,
+}
+
+/// Our relay: one run, nothing lost.
+const STRICT: Tolerance = Tolerance { runs: 1, lost: 0 };
+
+/// Lost and received messages of a finished uclient run, or why it failed.
+fn uclient_outcome(finished: &Finished, allowed_loss: u64) -> Result<(u64, u64), String> {
+    if !finished.success() {
+        return Err("uclient failed".into());
     }
+    let (lost, sent, received) =
+        uclient_totals(&finished.stdout).ok_or_else(|| "no uclient totals".to_owned())?;
+    if sent != 400 {
+        return Err(format!("uclient sent {sent} of 400"));
+    }
+    if lost > allowed_loss || received + allowed_loss < 400 {
+        return Err(format!("{lost} lost, {received} of {sent} back"));
+    }
+    Ok((lost, received))
 }
 
 #[test]
 #[ignore = "needs TURN over TCP/TLS (i12-stream)"]
 fn uclient_ours_tcp() {
-    uclient_indications(Kind::Ours, Stream::Tcp, 0);
+    uclient_indications(Kind::Ours, Stream::Tcp, STRICT);
 }
 
 #[test]
 #[ignore = "needs TURN over TCP/TLS (i12-stream)"]
 fn uclient_ours_tls() {
-    uclient_indications(Kind::Ours, Stream::Tls, 0);
+    uclient_indications(Kind::Ours, Stream::Tls, STRICT);
 }
 
 #[test]
 fn uclient_coturn_tcp() {
-    uclient_indications(Kind::Coturn, Stream::Tcp, 0);
+    uclient_indications(Kind::Coturn, Stream::Tcp, STRICT);
 }
 
 /// coturn 4.6.1 over TLS with uclient: some handshakes end in "tlsv1 alert internal error"
 /// (uclient reconnects) and up to 6.5 % of the messages were lost in our runs ("Wrong
 /// integrity in a message received from server"; none in most runs, more under CPU load).
-/// That is coturn's, tolerated here up to a quarter; our relay must lose none.
+/// That is coturn's, tolerated here: up to a quarter lost, and up to three runs (a run
+/// whose Allocate answer coturn garbles fails); our relay must lose none in one run.
 #[test]
 fn uclient_coturn_tls() {
-    uclient_indications(Kind::Coturn, Stream::Tls, 100);
+    uclient_indications(Kind::Coturn, Stream::Tls, Tolerance { runs: 3, lost: 100 });
 }
 
 /// The metric lookup of these tests keeps working when the relay labels a series by
