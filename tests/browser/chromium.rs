@@ -54,8 +54,9 @@ pub struct Chromium {
 }
 
 impl Chromium {
-    /// Starts headless Chromium on `url`; fails the test, naming the fix, if it is missing.
-    pub fn open(url: &str) -> Chromium {
+    /// Starts headless Chromium on `url` with `extra` flags; fails the test, naming the fix,
+    /// if it is missing.
+    pub fn open(url: &str, extra: &[String]) -> Chromium {
         let dir = std::env::temp_dir().join(format!(
             "relay-browser-test-{}-{}",
             std::process::id(),
@@ -67,6 +68,7 @@ impl Chromium {
         let stderr = std::fs::File::create(dir.join("stderr.log")).expect("stderr log");
         let spawned = Command::new(BINARY)
             .args(FLAGS)
+            .args(extra)
             .arg(format!("--user-data-dir={}", dir.join("profile").display()))
             .arg(url)
             // Not the user's home: the crash database (~/.config/chromium/Crash Reports),

@@ -2,7 +2,8 @@
 """Interop check: relay UDP traffic through a TURN server with aioice's client.
 
 It starts a plain UDP echo peer, allocates a relayed address on the TURN server
-with aioice's TURN client (aioice.turn.create_turn_endpoint, over UDP), sends
+with aioice's TURN client (aioice.turn.create_turn_endpoint, over UDP, TCP or
+TLS: --transport), sends
 --count distinct numbered payloads through the relay to the peer, and expects
 every one of them echoed back intact, through the relay, within --timeout.
 
@@ -10,6 +11,13 @@ aioice's flow (0.13.0): Allocate (LIFETIME, REQUESTED-TRANSPORT=UDP; first
 unauthenticated, then again with USERNAME/REALM/NONCE/MESSAGE-INTEGRITY/
 FINGERPRINT after the 401), one ChannelBind per peer (no CreatePermission),
 then ChannelData both ways, and Refresh with LIFETIME=0 on close.
+
+Over TCP and TLS (--transport tcp|tls) aioice frames STUN messages and
+ChannelData back to back on the stream and pads every frame it writes to a
+multiple of 4 bytes (RFC 8656 section 12.5); it parses what it reads the same
+way, so it needs the server's ChannelData padded too. Over TLS aioice
+verifies the server certificate against --ca-file (the test's own CA), for
+the --server address (an IP literal: the certificate needs an IP SAN).
 
 Address families are independent: --family (default: that of the --server
 literal) is how the TURN server is reached; the relayed address is IPv4
@@ -39,6 +47,7 @@ import ipaddress
 import json
 import logging
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -169,6 +178,13 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """Over TLS, a client context that trusts --ca-file (and checks the server's name)."""
+    if args.transport != "tls":
+        return None
+    return ssl.create_default_context(cafile=args.ca_file)
+
+
 async def run(args: argparse.Namespace) -> dict:
     loop = asyncio.get_running_loop()
     started = time.monotonic()
@@ -185,6 +201,7 @@ async def run(args: argparse.Namespace) -> dict:
         "size": args.size,
         "family": args.family,
         "peer_family": args.peer_family,
+        "transport": args.transport,
     }
 
     # Resolve the server to a numeric address of the wanted family.
@@ -220,7 +237,8 @@ async def run(args: argparse.Namespace) -> dict:
                     password=args.password,
                     lifetime=args.lifetime,
                     channel_refresh_time=args.channel_refresh_time,
-                    transport="udp",
+                    transport="udp" if args.transport == "udp" else "tcp",
+                    ssl=tls_context(args),
                 ),
                 timeout=max(0.1, deadline - time.monotonic()),
             )
@@ -351,7 +369,11 @@ async def run(args: argparse.Namespace) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", required=True, type=parse_hostport,
-                        help="TURN server, HOST:PORT or [IPV6]:PORT (UDP)")
+                        help="TURN server, HOST:PORT or [IPV6]:PORT")
+    parser.add_argument("--transport", choices=("udp", "tcp", "tls"), default="udp",
+                        help="transport to the TURN server (default udp)")
+    parser.add_argument("--ca-file", default=None,
+                        help="PEM file of the CA that signed the server's certificate (--transport tls)")
     parser.add_argument("--username", required=True)
     parser.add_argument("--password", required=True)
     parser.add_argument("--count", type=int, default=200, help="payloads to send (default 200)")
@@ -392,6 +414,8 @@ def main() -> int:
         parser.error("--window must be at least 1")
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
+    if args.transport == "tls" and args.ca_file is None:
+        parser.error("--transport tls needs --ca-file")
     if args.family is None:
         args.family = 6 if ":" in args.server[0] else 4
     if args.expect_relayed_family is None:

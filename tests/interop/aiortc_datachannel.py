@@ -5,7 +5,7 @@ Two aiortc RTCPeerConnections live in this one asyncio process. Both are
 configured with the TURN server only:
 
   RTCConfiguration(
-      iceServers=[RTCIceServer(urls="turn:HOST:PORT?transport=udp",
+      iceServers=[RTCIceServer(urls="turn:HOST:PORT?transport=udp",  # --transport
                                username=..., credential=...)],
       iceTransportPolicy=RTCIceTransportPolicy.RELAY)
 
@@ -63,6 +63,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import os
 import re
 import struct
 import sys
@@ -128,10 +129,12 @@ def fmt_addr(host: str | None, port: int | None) -> str | None:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def turn_url(host: str, port: int) -> str:
-    """The RFC 7065 URI: an IPv6 literal in brackets."""
+def turn_url(host: str, port: int, transport: str) -> str:
+    """The RFC 7065 URI: an IPv6 literal in brackets; TLS is `turns:` over TCP."""
     shown = f"[{host}]" if ":" in host else host
-    return f"turn:{shown}:{port}?transport=udp"
+    if transport == "tls":
+        return f"turns:{shown}:{port}?transport=tcp"
+    return f"turn:{shown}:{port}?transport={transport}"
 
 
 def log(msg: str) -> None:
@@ -369,7 +372,7 @@ async def run(args: argparse.Namespace) -> dict:
     started = time.monotonic()
     deadline = started + args.timeout
     host, port = args.server
-    url = turn_url(host, port)
+    url = turn_url(host, port, args.transport)
     result: dict = {
         "ok": False,
         "server": url,
@@ -431,6 +434,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", required=True, type=parse_hostport,
                         help="TURN server, HOST:PORT or [IPV6]:PORT (UDP)")
+    parser.add_argument("--transport", choices=("udp", "tcp", "tls"), default="udp",
+                        help="transport to the TURN server: turn:?transport=udp|tcp, or turns: (tls)")
+    parser.add_argument("--ca-file", default=None,
+                        help="PEM file of the CA that signed the server's certificate (tls): "
+                             "aioice verifies turns: servers with ssl.create_default_context(), "
+                             "so it becomes SSL_CERT_FILE")
     parser.add_argument("--username", required=True)
     parser.add_argument("--password", required=True)
     parser.add_argument("--count", type=int, default=200,
@@ -450,6 +459,12 @@ def main() -> int:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log aiortc's and aioice's debug output to stderr")
     args = parser.parse_args()
+    if args.transport == "tls":
+        if args.ca_file is None:
+            parser.error("--transport tls needs --ca-file")
+        # aiortc hands aioice turn_ssl=True, which verifies with the default context; that
+        # reads SSL_CERT_FILE when each connection is made.
+        os.environ["SSL_CERT_FILE"] = args.ca_file
     if args.count < 1:
         parser.error("--count must be at least 1")
     if args.timeout <= 0 or args.close_timeout <= 0:
