@@ -30,6 +30,7 @@ use slab::Slab;
 
 use crate::core::{
     AllocationId, Config, Family, HEADROOM, ListenerId, Now, OpenError, Output, RelayId, Server,
+    Transport,
 };
 
 /// Where the datagrams of the socket being read come from.
@@ -321,11 +322,16 @@ impl Driver {
                         .handle_peer_datagram(now, allocation, from, slot, len)
                     {
                         let range = in_slot(0, deliver.frame);
-                        let queued = match self.listeners.get(usize::from(deliver.listener.0)) {
-                            Some(&listener_key) => {
-                                self.batch.queue(i, range, listener_key, deliver.client)
+                        let queued = match deliver.transport {
+                            Transport::Udp(listener) => {
+                                match self.listeners.get(usize::from(listener.0)) {
+                                    Some(&listener_key) => {
+                                        self.batch.queue(i, range, listener_key, deliver.client)
+                                    }
+                                    None => false,
+                                }
                             }
-                            None => false,
+                            Transport::Stream(_) => false,
                         };
                         if !queued {
                             self.io.unsendable += 1;
@@ -373,7 +379,7 @@ impl Driver {
         while let Some(output) = next.take().or_else(|| self.core.poll_output()) {
             match output {
                 Output::ToClient {
-                    listener,
+                    transport: Transport::Udp(listener),
                     client,
                     bytes,
                 } => {
@@ -384,6 +390,10 @@ impl Driver {
                         self.io.send_failed += 1;
                     }
                 }
+                Output::ToClient {
+                    transport: Transport::Stream(_),
+                    ..
+                } => self.io.send_failed += 1,
                 Output::OpenRelay {
                     allocation,
                     family,

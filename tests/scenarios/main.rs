@@ -23,3 +23,4 @@ mod permissions;
 mod quotas;
 mod refresh;
 mod relay_ports;
+mod stream;
