@@ -185,6 +185,14 @@ impl Server {
         }
     }
 
+    /// Whether connection `connection` of `from` holds an allocation (the driver closes a
+    /// connection that holds none for too long).
+    pub fn has_stream_allocation(&self, connection: ConnectionId, from: SocketAddr) -> bool {
+        self.allocations
+            .of_client(&ClientKey::stream(connection, from))
+            .is_some()
+    }
+
     fn handle_client_message(
         &mut self,
         now: Now,
