@@ -559,3 +559,38 @@ fn signal(relay: &RelayProcess, signal: libc::c_int) {
     // SAFETY: kill(2) on our own child.
     assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
 }
+
+/// Runs the binary with `args` and returns its exit code and stderr (it must exit at once).
+fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
+    let output = std::process::Command::new(common::relay_binary())
+        .args(["--listen-addr", "127.0.0.1:0"])
+        .args(args)
+        .output()
+        .expect("run relay");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_certificate_without_its_key_or_an_unreadable_file_is_a_usage_error() {
+    let (code, stderr) = run_to_exit(&["--tls-cert-file", "/nonexistent/cert.pem"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--tls-key-file"), "{stderr}");
+
+    let pki = Pki::new();
+    pki.write_server();
+    std::fs::write(pki.key(), "not a key").expect("write");
+    let (cert, key) = (pki.cert(), pki.key());
+    let (code, stderr) = run_to_exit(&[
+        "--tls-cert-file",
+        cert.to_str().expect("path"),
+        "--tls-key-file",
+        key.to_str().expect("path"),
+        "--tls-listen-addr",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("key.pem"), "names the file: {stderr}");
+}

@@ -278,6 +278,17 @@ fn render_transports(out: &mut String, s: &Snapshot) {
     let _ = writeln!(out, "relay_connections_accepted_total {}", c.accepted);
     header(
         out,
+        "relay_allocations_closed_with_connection_total",
+        "counter",
+        "Allocations deleted because their TCP or TLS connection closed.",
+    );
+    let _ = writeln!(
+        out,
+        "relay_allocations_closed_with_connection_total {}",
+        s.counters.allocations_closed_with_connection
+    );
+    header(
+        out,
         "relay_connections_refused_total",
         "counter",
         "TCP connections closed at accept, by the limit they hit.",

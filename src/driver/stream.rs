@@ -9,7 +9,7 @@
 //! a first byte of 0x16 starts a TLS handshake, anything else is plain TURN over TCP.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -19,13 +19,14 @@ use mio::{Interest, Token};
 
 use super::tls::ReloadableConfig;
 use super::tls::connection::TlsConnection;
+
+mod connection;
 use super::{Driver, Socket};
 use crate::core::wire::stream_framing::{NextFrame, TLS_HANDSHAKE_FIRST_BYTE, next_frame};
 use crate::core::{ConnectionId, Now};
+pub(super) use connection::{Connection, Kind};
+use connection::{State, WRITE_LIMIT};
 
-/// Bytes of frames queued for one client that is slow to read (about 50 maximal media
-/// datagrams): beyond it frames are dropped, so a stalled client costs this much at most.
-const WRITE_LIMIT: usize = 64 * 1024;
 /// One read from a socket: the slack a read buffer may hold beyond an incomplete frame.
 const READ_CHUNK: usize = 16 * 1024;
 /// Reads per connection per loop turn: a busy connection yields to the others after this.
@@ -37,24 +38,6 @@ const ACCEPTS_PER_TURN: usize = 64;
 const HANDSHAKES_PER_TURN: usize = 16;
 /// A read buffer this large is given back once it is empty (idle connections hold none).
 const KEEP_READ_CAPACITY: usize = 4096;
-
-/// The two stream transports, for metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
-    Tcp = 0,
-    Tls = 1,
-}
-
-impl Kind {
-    pub(super) const ALL: [Kind; 2] = [Kind::Tcp, Kind::Tls];
-
-    pub(super) fn label(self) -> &'static str {
-        match self {
-            Kind::Tcp => "tcp",
-            Kind::Tls => "tls",
-        }
-    }
-}
 
 /// What the stream side is configured to do.
 pub struct StreamOptions {
@@ -106,95 +89,6 @@ pub struct StreamCounters {
     pub write_queue_full: [u64; 2],
     /// Open connections right now, by kind.
     pub open: [usize; 2],
-}
-
-enum State {
-    /// No byte read yet: TLS or plain is decided by the first one.
-    Undecided,
-    Tcp,
-    Tls(Box<TlsConnection>),
-}
-
-pub(super) struct Connection {
-    stream: TcpStream,
-    peer: SocketAddr,
-    generation: u64,
-    state: State,
-    /// The start of a frame not yet complete.
-    read: Vec<u8>,
-    /// Plain TCP: bytes to write, from `written` on.
-    write: Vec<u8>,
-    written: usize,
-}
-
-impl Connection {
-    fn kind(&self) -> Kind {
-        match self.state {
-            State::Tls(_) => Kind::Tls,
-            _ => Kind::Tcp,
-        }
-    }
-
-    fn is_handshaking(&self) -> bool {
-        matches!(&self.state, State::Tls(tls) if !tls.is_handshake_complete())
-    }
-
-    /// Queues one whole frame, or refuses it when the client is too slow (false). Errors
-    /// are left for the next read (the socket reports them again).
-    fn send(&mut self, frame: &[u8]) -> bool {
-        match &mut self.state {
-            State::Tls(tls) => {
-                if !tls.queue_plaintext(frame) {
-                    return false;
-                }
-                let _ = tls.write_ciphertext(&mut self.stream);
-                true
-            }
-            State::Tcp | State::Undecided => {
-                if self.write.len() - self.written + frame.len() > WRITE_LIMIT {
-                    return false;
-                }
-                if self.written == self.write.len() {
-                    self.write.clear();
-                    self.written = 0;
-                    match self.stream.write(frame) {
-                        Ok(n) if n == frame.len() => return true,
-                        Ok(n) => self.write.extend_from_slice(&frame[n..]),
-                        Err(_) => self.write.extend_from_slice(frame),
-                    }
-                } else {
-                    self.write.extend_from_slice(frame);
-                }
-                true
-            }
-        }
-    }
-
-    /// Writes what is queued until done or the socket would block.
-    fn flush(&mut self) -> io::Result<()> {
-        match &mut self.state {
-            State::Tls(tls) => tls.write_ciphertext(&mut self.stream).map(|_| ()),
-            State::Tcp | State::Undecided => {
-                while self.written < self.write.len() {
-                    match self.stream.write(&self.write[self.written..]) {
-                        Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                        Ok(n) => self.written += n,
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                if self.written == self.write.len() {
-                    self.write.clear();
-                    self.written = 0;
-                    if self.write.capacity() > WRITE_LIMIT {
-                        self.write = Vec::new();
-                    }
-                }
-                Ok(())
-            }
-        }
-    }
 }
 
 /// A deadline of one connection (its slab key and generation: the key may be reused).
