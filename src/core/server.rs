@@ -199,8 +199,9 @@ impl Server {
         client: ClientKey,
         datagram: &[u8],
     ) -> Option<Forward> {
-        let from = client.addr;
-        if self.is_own_socket(from) {
+        // Only a datagram can come from one of the relay's own (UDP) sockets; a TCP peer on
+        // the same port number as a relay socket is an unrelated client.
+        if matches!(client.transport, Transport::Udp(_)) && self.is_own_socket(client.addr) {
             self.counters.from_own_socket += 1;
             return None;
         }

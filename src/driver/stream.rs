@@ -220,8 +220,8 @@ impl Driver {
             streams.counters.refused_total += 1;
             return;
         }
-        let from_ip = streams.per_ip.entry(peer.ip()).or_insert(0);
-        if *from_ip >= streams.options.max_connections_per_ip {
+        let from_ip = streams.per_ip.get(&peer.ip()).copied().unwrap_or(0);
+        if from_ip >= streams.options.max_connections_per_ip {
             streams.counters.refused_per_ip += 1;
             return;
         }
@@ -236,7 +236,7 @@ impl Driver {
             warn!("cannot register a connection from {peer}: {e}");
             return;
         }
-        *from_ip += 1;
+        streams.per_ip.insert(peer.ip(), from_ip + 1);
         streams.total += 1;
         streams.next_generation += 1;
         let generation = streams.next_generation;
