@@ -188,6 +188,14 @@ pub struct Args {
     )]
     pub test_connection_deadline: Option<u64>,
 
+    #[arg(
+        long,
+        env = "RELAY_TEST_HANDSHAKE_DEADLINE",
+        value_name = "SECS",
+        hide = true
+    )]
+    pub test_handshake_deadline: Option<u64>,
+
     #[command(subcommand)]
     #[allow(missing_docs)] // a subcommand instead of running the relay
     pub command: Option<Subcommand>,
@@ -265,6 +273,8 @@ pub struct StreamSettings {
     pub max_connections_per_ip: usize,
     /// Connections without an allocation are closed after this.
     pub no_allocation_deadline: Duration,
+    /// A TLS handshake not done by then is abandoned.
+    pub handshake_deadline: Duration,
 }
 
 pub const DEFAULT_TLS_LISTEN: [&str; 2] = ["0.0.0.0:5349", "[::]:5349"];
@@ -417,7 +427,13 @@ fn stream_settings(args: &Args, notes: &mut Vec<String>) -> Result<StreamSetting
             Duration::from_secs(secs)
         }
     };
+    let handshake_deadline = match args.test_handshake_deadline {
+        None => Duration::from_secs(10),
+        Some(0) => return Err("--test-handshake-deadline: must be at least 1 second".into()),
+        Some(secs) => Duration::from_secs(secs),
+    };
     Ok(StreamSettings {
+        handshake_deadline,
         tcp: !args.no_tcp,
         tls_listen,
         tls_files,

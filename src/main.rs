@@ -67,7 +67,7 @@ fn main() -> ExitCode {
             max_connections: streams.max_connections,
             max_connections_per_ip: streams.max_connections_per_ip,
             no_allocation_deadline: streams.no_allocation_deadline,
-            ..driver::StreamOptions::default()
+            handshake_deadline: streams.handshake_deadline,
         },
     };
     let mut driver = match Driver::new(settings.config, random_bytes::<32>(), options) {

@@ -494,6 +494,35 @@ fn a_connection_without_an_allocation_is_closed_at_the_deadline() {
 }
 
 #[test]
+fn a_tls_handshake_not_done_by_its_deadline_is_abandoned() {
+    let pki = Pki::new();
+    pki.write_server();
+    let mut relay = start_tls(&pki, &["--test-handshake-deadline", "1"]);
+    // The start of a TLS record (a ClientHello that never completes).
+    let mut stalled = StreamClient::tcp(relay.addr);
+    stalled
+        .io
+        .write_all(&[0x16, 0x03, 0x01, 0x00])
+        .expect("write");
+    let started = Instant::now();
+    assert!(stalled.is_closed_by_relay());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    wait_metric(
+        &mut relay,
+        "relay_tls_handshakes_total{result=\"timeout\"}",
+        1,
+    );
+    // A complete handshake is not affected.
+    let mut client = StreamClient::tls(relay.addr, &pki);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(client.request(BINDING, &[]).class(), Class::Success);
+}
+
+#[test]
 fn a_client_that_never_reads_loses_datagrams_not_the_loop() {
     let mut relay = start(&[]);
     let mut stalled = StreamClient::tcp(relay.addr);
