@@ -696,3 +696,12 @@ fn idle_and_trickling_connections_cost_little_and_do_not_slow_udp() {
     assert!(p99 < Duration::from_millis(5), "p99 {p99:?}");
     drop((held, trickling));
 }
+
+#[test]
+fn no_tcp_leaves_the_listen_port_udp_only() {
+    let relay = start(&["--no-tcp"]);
+    assert!(TcpStream::connect(relay.addr).is_err(), "no TCP listener");
+    let mut udp = common::Client::new(relay.addr, "", "");
+    let response = udp.request(stun_codec::rfc5389::methods::BINDING, vec![]);
+    assert_eq!(response.class(), stun_codec::MessageClass::SuccessResponse);
+}

@@ -136,9 +136,26 @@ impl Driver {
         };
         let mut sockets = Slab::new();
         let mut listeners = Vec::new();
+        let mut tcp_listeners = Vec::new();
+        let tcp = options.streams.tcp;
+        let port_given: Vec<bool> = config.listeners.iter().map(|a| a.port() != 0).collect();
         for (index, addr) in config.listeners.clone().iter().enumerate() {
-            let mut socket = sockets::bind_udp(*addr, false)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
+            let (mut socket, tcp_listener) = if tcp && addr.port() == 0 {
+                let (udp, tcp) = sockets::bind_udp_and_tcp(*addr)
+                    .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
+                (udp, Some(tcp))
+            } else {
+                let udp = sockets::bind_udp(*addr, false)
+                    .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
+                (udp, None)
+            };
+            if let Some(mut listener) = tcp_listener {
+                let entry = sockets.vacant_entry();
+                poll.registry()
+                    .register(&mut listener, Token(entry.key()), Interest::READABLE)?;
+                tcp_listeners.push(entry.key());
+                entry.insert(Socket::TcpListener(listener));
+            }
             let entry = sockets.vacant_entry();
             poll.registry()
                 .register(&mut socket, Token(entry.key()), Interest::READABLE)?;
@@ -153,12 +170,19 @@ impl Driver {
             entry.insert(Socket::Listener { id, socket });
         }
         config.metrics_addr = http.as_ref().and_then(|h| h.local_addr().ok());
-        let udp_bound = config.listeners.clone();
+        // TCP on the listen addresses not bound above: those with a port given.
+        let udp_bound: Vec<SocketAddr> = config
+            .listeners
+            .iter()
+            .zip(&port_given)
+            .filter(|(_, given)| **given)
+            .map(|(addr, _)| *addr)
+            .collect();
         let mut driver = Driver {
             poll,
             sockets,
             listeners,
-            tcp_listeners: Vec::new(),
+            tcp_listeners,
             streams: stream::Streams::new(options.streams),
             core: Server::new(config, seed),
             batch: batch::Batch::new(),
