@@ -2,6 +2,7 @@
 //! core's `Config`. Invalid input is a clear message and a non-zero exit, never a panic.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -138,6 +139,63 @@ pub struct Args {
     #[arg(long, env = "RELAY_TEST_LIFETIME", value_name = "SECS", hide = true)]
     pub test_lifetime: Option<u64>,
 
+    /// Serve no TURN over TCP on the listen addresses (TLS listen addresses still serve TLS
+    /// and TCP) [default: TCP on every --listen-addr].
+    #[arg(long, env = "RELAY_NO_TCP")]
+    pub no_tcp: bool,
+
+    /// Serve TURN over TLS (and over TCP, told apart by the first byte) on this address
+    /// (repeatable) [default: 0.0.0.0:5349 and [::]:5349 when a certificate is set].
+    #[arg(
+        long = "tls-listen-addr",
+        env = "RELAY_TLS_LISTEN_ADDR",
+        value_name = "ADDR:PORT",
+        value_delimiter = ','
+    )]
+    pub tls_listen_addr: Vec<SocketAddr>,
+
+    /// PEM certificate chain for TLS (with --tls-key-file); reloaded on SIGHUP [default: no TLS].
+    #[arg(long, env = "RELAY_TLS_CERT_FILE", value_name = "PATH")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of the certificate (with --tls-cert-file); reloaded on SIGHUP.
+    #[arg(long, env = "RELAY_TLS_KEY_FILE", value_name = "PATH")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// TCP and TLS connections in total; more are closed at once.
+    #[arg(
+        long,
+        env = "RELAY_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 10_000
+    )]
+    pub max_connections: usize,
+
+    /// TCP and TLS connections from one IP address (many clients may share one behind NAT).
+    #[arg(
+        long,
+        env = "RELAY_MAX_CONNECTIONS_PER_IP",
+        value_name = "N",
+        default_value_t = 1_000
+    )]
+    pub max_connections_per_ip: usize,
+
+    #[arg(
+        long,
+        env = "RELAY_TEST_CONNECTION_DEADLINE",
+        value_name = "SECS",
+        hide = true
+    )]
+    pub test_connection_deadline: Option<u64>,
+
+    #[arg(
+        long,
+        env = "RELAY_TEST_HANDSHAKE_DEADLINE",
+        value_name = "SECS",
+        hide = true
+    )]
+    pub test_handshake_deadline: Option<u64>,
+
     #[command(subcommand)]
     #[allow(missing_docs)] // a subcommand instead of running the relay
     pub command: Option<Subcommand>,
@@ -204,8 +262,27 @@ pub fn mint_credentials(args: &CredentialsArgs, unix_now: u64) -> Result<String,
     })
 }
 
+/// TCP and TLS, as validated flags (main.rs loads the certificate).
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    pub tcp: bool,
+    pub tls_listen: Vec<SocketAddr>,
+    /// Certificate chain and key files.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Connections without an allocation are closed after this.
+    pub no_allocation_deadline: Duration,
+    /// A TLS handshake not done by then is abandoned.
+    pub handshake_deadline: Duration,
+}
+
+pub const DEFAULT_TLS_LISTEN: [&str; 2] = ["0.0.0.0:5349", "[::]:5349"];
+
 /// A configuration ready to run, plus what start-up should tell the operator.
 pub struct Settings {
+    /// TURN over TCP and TLS.
+    pub streams: StreamSettings,
     /// The core's configuration.
     pub config: Config,
     /// Set when the secret was generated for this run: log a username/password.
@@ -256,6 +333,7 @@ pub fn settings(
     if args.auth_secret.iter().any(String::is_empty) {
         return Err("--auth-secret: must not be empty".into());
     }
+    let streams = stream_settings(&args, &mut notes)?;
     let (secrets, generated_secret) = if args.auth_secret.is_empty() {
         let secret = random_secret();
         (vec![secret.clone()], Some(secret))
@@ -311,10 +389,57 @@ pub fn settings(
         strict_credential_expiry: args.strict_credential_expiry,
     };
     Ok(Settings {
+        streams,
         config,
         generated_secret,
         notes,
         metrics_addr: args.metrics_addr,
+    })
+}
+
+fn stream_settings(args: &Args, notes: &mut Vec<String>) -> Result<StreamSettings, String> {
+    let tls_files = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        (None, None) => None,
+        _ => return Err("--tls-cert-file and --tls-key-file: give both or neither".into()),
+    };
+    if tls_files.is_none() && !args.tls_listen_addr.is_empty() {
+        return Err("--tls-listen-addr: needs --tls-cert-file and --tls-key-file".into());
+    }
+    if args.max_connections == 0 || args.max_connections_per_ip == 0 {
+        return Err("--max-connections / --max-connections-per-ip: must be at least 1".into());
+    }
+    let tls_listen = if tls_files.is_some() && args.tls_listen_addr.is_empty() {
+        DEFAULT_TLS_LISTEN
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    } else {
+        args.tls_listen_addr.clone()
+    };
+    let no_allocation_deadline = match args.test_connection_deadline {
+        None => Duration::from_secs(30),
+        Some(0) => return Err("--test-connection-deadline: must be at least 1 second".into()),
+        Some(secs) => {
+            notes.push(format!(
+                "--test-connection-deadline {secs}: connections without an allocation close after {secs} s (tests only)"
+            ));
+            Duration::from_secs(secs)
+        }
+    };
+    let handshake_deadline = match args.test_handshake_deadline {
+        None => Duration::from_secs(10),
+        Some(0) => return Err("--test-handshake-deadline: must be at least 1 second".into()),
+        Some(secs) => Duration::from_secs(secs),
+    };
+    Ok(StreamSettings {
+        handshake_deadline,
+        tcp: !args.no_tcp,
+        tls_listen,
+        tls_files,
+        max_connections: args.max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
+        no_allocation_deadline,
     })
 }
 

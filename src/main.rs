@@ -42,6 +42,17 @@ fn main() -> ExitCode {
         }
     };
     let config = settings.config.clone();
+    let streams = &settings.streams;
+    let tls = match &streams.tls_files {
+        None => None,
+        Some((cert, key)) => match driver::tls::ReloadableConfig::load(cert, key) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                eprintln!("relay: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     let descriptors = relay::driver::limits::raise_nofile_limit();
     info!(
         "file descriptors: {descriptors} (each allocation holds one per relayed family; beyond that, Allocate gets 508)"
@@ -49,6 +60,15 @@ fn main() -> ExitCode {
     let options = driver::Options {
         metrics_addr: settings.metrics_addr,
         start_time_unix: unix_now(),
+        streams: driver::StreamOptions {
+            tcp: streams.tcp,
+            tls_listen: streams.tls_listen.clone(),
+            tls,
+            max_connections: streams.max_connections,
+            max_connections_per_ip: streams.max_connections_per_ip,
+            no_allocation_deadline: streams.no_allocation_deadline,
+            handshake_deadline: streams.handshake_deadline,
+        },
     };
     let mut driver = match Driver::new(settings.config, random_bytes::<32>(), options) {
         Ok(driver) => driver,
@@ -58,6 +78,15 @@ fn main() -> ExitCode {
         }
     };
     driver::log_startup(&config, &driver.listen_addresses());
+    let tcp = driver.tcp_listen_addresses();
+    if !tcp.is_empty() {
+        let tls = if settings.streams.tls_files.is_some() {
+            "TCP and TLS"
+        } else {
+            "TCP"
+        };
+        info!("TURN over {tls} on {tcp:?}");
+    }
     info!("{}", driver.core().peer_policy().describe());
     if let Some(addr) = driver.metrics_address() {
         info!("metrics on http://{addr}/metrics, health on http://{addr}/healthz");

@@ -280,13 +280,11 @@ fn chromium_data_channel_through_turn_over_udp() {
 }
 
 #[test]
-#[ignore = "needs TURN over TCP/TLS (i12-stream)"]
 fn chromium_data_channel_through_turn_over_tcp() {
     browser_relays(Kind::Ours, "tcp");
 }
 
 #[test]
-#[ignore = "needs TURN over TCP/TLS (i12-stream)"]
 fn chromium_data_channel_through_turns() {
     browser_relays(Kind::Ours, "tls");
 }

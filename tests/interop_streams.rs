@@ -156,25 +156,21 @@ fn aioice_echo(kind: Kind, stream: Stream, ip: IpAddr) {
 }
 
 #[test]
-#[ignore = "needs TURN over TCP/TLS (i12-stream)"]
 fn aioice_ours_tcp_ipv4() {
     aioice_echo(Kind::Ours, Stream::Tcp, V4);
 }
 
 #[test]
-#[ignore = "needs TURN over TCP/TLS (i12-stream)"]
 fn aioice_ours_tcp_ipv6() {
     aioice_echo(Kind::Ours, Stream::Tcp, V6);
 }
 
 #[test]
-#[ignore = "needs TURN over TCP/TLS (i12-stream)"]
 fn aioice_ours_tls_ipv4() {
     aioice_echo(Kind::Ours, Stream::Tls, V4);
 }
 
 #[test]
-#[ignore = "needs TURN over TCP/TLS (i12-stream)"]
 fn aioice_ours_tls_ipv6() {
     aioice_echo(Kind::Ours, Stream::Tls, V6);
 }
@@ -182,7 +178,6 @@ fn aioice_ours_tls_ipv6() {
 /// `turns:` on the `--listen-addr` port: a certificate makes the TCP listener serve TLS
 /// too (a first byte of 0x16), as on 443.
 #[test]
-#[ignore = "needs TURN over TCP/TLS (i12-stream)"]
 fn aioice_ours_tls_on_the_tcp_port() {
     aioice_echo(Kind::Ours, Stream::TlsOnTcpPort, V4);
 }
@@ -261,13 +256,11 @@ fn aiortc_data_channel(kind: Kind, stream: Stream, ip: IpAddr) {
 }
 
 #[test]
-#[ignore = "needs TURN over TCP/TLS (i12-stream)"]
 fn aiortc_ours_turns() {
     aiortc_data_channel(Kind::Ours, Stream::Tls, V4);
 }
 
 #[test]
-#[ignore = "needs TURN over TCP/TLS (i12-stream)"]
 fn aiortc_ours_turn_tcp() {
     aiortc_data_channel(Kind::Ours, Stream::Tcp, V4);
 }
@@ -275,7 +268,6 @@ fn aiortc_ours_turn_tcp() {
 /// `turns:[::1]:PORT?transport=tcp`: TLS over IPv6 (the certificate has an IP SAN for ::1),
 /// IPv4 relayed addresses (aioice asks for no family).
 #[test]
-#[ignore = "needs TURN over TCP/TLS (i12-stream)"]
 fn aiortc_ours_turns_ipv6() {
     aiortc_data_channel(Kind::Ours, Stream::Tls, V6);
 }
@@ -439,13 +431,11 @@ fn uclient_outcome(finished: &Finished, allowed_loss: u64) -> Result<(u64, u64),
 }
 
 #[test]
-#[ignore = "needs TURN over TCP/TLS (i12-stream)"]
 fn uclient_ours_tcp() {
     uclient_indications(Kind::Ours, Stream::Tcp, STRICT);
 }
 
 #[test]
-#[ignore = "needs TURN over TCP/TLS (i12-stream)"]
 fn uclient_ours_tls() {
     uclient_indications(Kind::Ours, Stream::Tls, STRICT);
 }

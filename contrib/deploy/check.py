@@ -120,6 +120,28 @@ def check_kubernetes(env_vars):
     )
     ports = {p["name"]: p for p in container["ports"]}
     check(ports["turn"]["protocol"] == "UDP", "the TURN port must be UDP")
+    check(ports["turn-tcp"]["protocol"] == "TCP", "turn-tcp must be TCP")
+    check(ports["turns"]["protocol"] == "TCP", "turns must be TCP")
+    listen_ports = {port_of(a) for a in env["RELAY_LISTEN_ADDR"]["value"].split(",")}
+    check(
+        {ports["turn"]["containerPort"], ports["turn-tcp"]["containerPort"]} <= listen_ports,
+        "the turn ports differ from RELAY_LISTEN_ADDR",
+    )
+    tls_ports = {port_of(a) for a in env["RELAY_TLS_LISTEN_ADDR"]["value"].split(",")}
+    check(ports["turns"]["containerPort"] in tls_ports, "turns differs from RELAY_TLS_LISTEN_ADDR")
+    # The certificate files come from the TLS Secret's volume.
+    (tls_secret,) = load_yaml(HERE / "kubernetes" / "tls-secret.yaml")
+    check(tls_secret["type"] == "kubernetes.io/tls", "tls-secret.yaml: not a kubernetes.io/tls Secret")
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    for name, key in (("RELAY_TLS_CERT_FILE", "tls.crt"), ("RELAY_TLS_KEY_FILE", "tls.key")):
+        path = env[name]["value"]
+        mounts = [m for m in container.get("volumeMounts", []) if path == f"{m['mountPath']}/{key}"]
+        check(
+            len(mounts) == 1
+            and volumes.get(mounts[0]["name"], {}).get("secret", {}).get("secretName")
+            == tls_secret["metadata"]["name"],
+            f"daemonset.yaml: {name}={path} is not {key} of the Secret {tls_secret['metadata']['name']}",
+        )
     metrics_port = port_of(env["RELAY_METRICS_ADDR"]["value"])
     check(ports["metrics"]["containerPort"] == metrics_port, "metrics port differs from RELAY_METRICS_ADDR")
     for probe in ("readinessProbe", "livenessProbe"):

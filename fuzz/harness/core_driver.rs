@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use relay::core::{
     AllocationId, Config, Family, Lifetimes, ListenerId, OpenError, Output, RelayAddress,
+    Transport as ClientTransport,
 };
 use stun_codec::MessageClass;
 
@@ -725,10 +726,14 @@ impl Driver {
         while let Some(output) = self.fake.next_output() {
             match output {
                 Output::ToClient {
-                    listener,
+                    transport,
                     client,
                     bytes,
                 } => {
+                    // The model has UDP clients only.
+                    let ClientTransport::Udp(listener) = transport else {
+                        panic!("reply over a stream to a UDP-only model: {transport:?}");
+                    };
                     assert!(
                         usize::from(listener.0) < listeners().len(),
                         "reply on unknown listener {listener:?}"
@@ -925,7 +930,13 @@ impl Driver {
         if let Some((deliver, frame)) = delivered {
             assert_eq!(
                 self.owners.get(&allocation),
-                Some(&(deliver.listener, deliver.client)),
+                Some(&(
+                    match deliver.transport {
+                        ClientTransport::Udp(listener) => listener,
+                        ClientTransport::Stream(_) => panic!("delivered over a stream"),
+                    },
+                    deliver.client
+                )),
                 "delivered to another client than the allocation's"
             );
             check_frame(&frame, peer, payload);

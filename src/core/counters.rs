@@ -36,6 +36,8 @@ pub struct Counters {
     pub allocations_created: u64,
     /// Allocations removed because their lifetime ran out.
     pub allocations_expired: u64,
+    /// Allocations deleted because their TCP or TLS connection closed.
+    pub allocations_closed_with_connection: u64,
     /// Relay socket opens that failed (each port tried counts).
     pub relay_open_failed: u64,
     /// Datagrams from one of the relay's own sockets (a relay socket or a listen socket as a

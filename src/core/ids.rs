@@ -11,6 +11,12 @@ pub struct ListenerId(pub u16);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RelayId(pub usize);
 
+/// A TCP or TLS client connection, named by the driver when it accepts one (its slab
+/// index). The driver reports its end through `Server::handle_connection_closed` before it
+/// reuses the name, so a name always means one connection to the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub usize);
+
 /// An allocation, named by the core. The slot is reused after the allocation is gone; the
 /// generation is not, so a stale name never reaches a later allocation in the same slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

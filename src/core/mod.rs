@@ -82,7 +82,7 @@ pub use allocations::timer_wheel::{Due, TimerHandle, Timers};
 pub use client::{ClientKey, Transport};
 pub use config::{Config, Lifetimes, RelayAddress};
 pub use counters::{Counters, Gauges};
-pub use ids::{AllocationId, Family, ListenerId, RelayId};
+pub use ids::{AllocationId, ConnectionId, Family, ListenerId, RelayId};
 pub use policy::cidr::{Cidr, CidrError};
 pub use policy::own_sockets::OwnSockets;
 pub use policy::{PeerPolicy, PeerUse};

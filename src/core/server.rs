@@ -24,11 +24,12 @@ use super::client::{ClientKey, Transport};
 use super::config::Config;
 use super::counters::{Counters, Gauges};
 use super::hasher::SeededState;
-use super::ids::{AllocationId, Family, ListenerId, RelayId};
+use super::ids::{AllocationId, ConnectionId, Family, ListenerId, RelayId};
 use super::policy::PeerPolicy;
 use super::rng::Rng;
 use super::time::Now;
 use super::wire::relayed_frames::{write_channel_data_header, write_data_indication_header};
+use super::wire::stream_framing::pad_for_stream;
 use super::wire::{self as message, Framing, Header};
 
 // The request handlers are `Server`'s own methods, one file per method under `requests/`;
@@ -54,12 +55,13 @@ pub struct Forward {
     pub payload: Range<usize>,
 }
 
-/// Send this slice of the peer datagram's buffer to `client` from `listener`. `frame`
-/// indexes the `buf` given to `handle_peer_datagram` (it starts in the headroom).
+/// Send this slice of the peer datagram's buffer to `client` over `transport`. `frame`
+/// indexes the `buf` given to `handle_peer_datagram` (it starts in the headroom; over a
+/// stream it includes the ChannelData padding, which may reach into the tailroom).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deliver {
-    /// The listen socket to send from.
-    pub listener: ListenerId,
+    /// The listen socket to send from, or the connection to write to.
+    pub transport: Transport,
     /// The client to send to.
     pub client: SocketAddr,
     /// The frame, in the buffer given to `handle_peer_datagram`.
@@ -71,8 +73,8 @@ pub struct Deliver {
 pub enum Output {
     /// A STUN response (or a retransmitted one) to a client.
     ToClient {
-        /// The listen socket to send from.
-        listener: ListenerId,
+        /// The listen socket to send from, or the connection to write to.
+        transport: Transport,
         /// The client to send to.
         client: SocketAddr,
         /// The encoded response.
@@ -152,19 +154,62 @@ impl Server {
         from: SocketAddr,
         datagram: &[u8],
     ) -> Option<Forward> {
-        if self.is_own_socket(from) {
+        self.handle_client_message(now, ClientKey::udp(listener, from), datagram)
+    }
+
+    /// One frame from a TCP or TLS connection, its stream padding already stripped
+    /// (`frame` is `buf[..message_len]` of `stream_framing::next_frame`). Same as a datagram
+    /// otherwise: the connection is the client.
+    pub fn handle_stream_frame(
+        &mut self,
+        now: Now,
+        connection: ConnectionId,
+        from: SocketAddr,
+        frame: &[u8],
+    ) -> Option<Forward> {
+        self.handle_client_message(now, ClientKey::stream(connection, from), frame)
+    }
+
+    /// The connection closed (either side, or the driver gave up on it): its allocation, if
+    /// any, is deleted and its relay sockets closed, as by a Refresh with lifetime 0.
+    pub fn handle_connection_closed(
+        &mut self,
+        _now: Now,
+        connection: ConnectionId,
+        from: SocketAddr,
+    ) {
+        let client = ClientKey::stream(connection, from);
+        if let Some((id, _)) = self.allocations.of_client(&client) {
+            self.counters.allocations_closed_with_connection += 1;
+            self.remove_allocation(id);
+        }
+    }
+
+    /// Whether connection `connection` of `from` holds an allocation (the driver closes a
+    /// connection that holds none for too long).
+    pub fn has_stream_allocation(&self, connection: ConnectionId, from: SocketAddr) -> bool {
+        self.allocations
+            .of_client(&ClientKey::stream(connection, from))
+            .is_some()
+    }
+
+    fn handle_client_message(
+        &mut self,
+        now: Now,
+        client: ClientKey,
+        datagram: &[u8],
+    ) -> Option<Forward> {
+        // Only a datagram can come from one of the relay's own (UDP) sockets; a TCP peer on
+        // the same port number as a relay socket is an unrelated client.
+        if matches!(client.transport, Transport::Udp(_)) && self.is_own_socket(client.addr) {
             self.counters.from_own_socket += 1;
             return None;
         }
         match message::classify(datagram) {
             Framing::ChannelData { channel, payload } => {
-                let client = ClientKey::udp(listener, from);
                 self.channel_data_from_client(now.instant, client, channel, payload)
             }
-            Framing::Stun(header) => {
-                let client = ClientKey::udp(listener, from);
-                self.handle_stun(now, client, datagram, header)
-            }
+            Framing::Stun(header) => self.handle_stun(now, client, datagram, header),
             Framing::Malformed => {
                 self.counters.malformed += 1;
                 None
@@ -252,7 +297,15 @@ impl Server {
         }
         let client = a.client();
         let frame = match a.channel_to(from, now) {
-            Some(number) => write_channel_data_header(buf, HEADROOM, len, number),
+            Some(number) => {
+                let frame = write_channel_data_header(buf, HEADROOM, len, number);
+                match client.transport {
+                    Transport::Udp(_) => frame,
+                    // RFC 8656 §12.5: over a stream ChannelData is padded to a multiple of 4
+                    // (a Data indication already is). The tailroom holds the padding.
+                    Transport::Stream(_) => pad_for_stream(buf, frame)?,
+                }
+            }
             None => {
                 self.indication_counter = self.indication_counter.wrapping_add(1);
                 let mut transaction_id = [0u8; 12];
@@ -269,9 +322,8 @@ impl Server {
         };
         self.counters.relayed_to_client_packets += 1;
         self.counters.relayed_to_client_bytes += len as u64;
-        let Transport::Udp(listener) = client.transport;
         Some(Deliver {
-            listener,
+            transport: client.transport,
             client: client.addr,
             frame,
         })
@@ -434,9 +486,8 @@ impl Server {
 
     fn reply(&mut self, client: ClientKey, bytes: Vec<u8>) {
         if !bytes.is_empty() {
-            let Transport::Udp(listener) = client.transport;
             self.outputs.push_back(Output::ToClient {
-                listener,
+                transport: client.transport,
                 client: client.addr,
                 bytes,
             });

@@ -7,6 +7,7 @@ use crate::core::counters::{RESPONSE_CODES, RESPONSE_METHODS};
 use crate::core::{Counters, Family, Gauges};
 
 use super::IoCounters;
+use super::stream::{Kind, StreamCounters};
 
 pub(super) struct Snapshot<'a> {
     pub counters: &'a Counters,
@@ -15,6 +16,9 @@ pub(super) struct Snapshot<'a> {
     /// Metrics connections closed to make room for a newer one (src/driver/http.rs).
     pub http_evicted: u64,
     pub start_time_unix: u64,
+    pub streams: &'a StreamCounters,
+    /// Allocations held over TCP and over TLS connections.
+    pub stream_allocations: [usize; 2],
 }
 
 pub(super) fn render(s: &Snapshot) -> String {
@@ -124,6 +128,16 @@ pub(super) fn render(s: &Snapshot) -> String {
         let _ = writeln!(out, "relay_drops_total{{reason=\"{reason}\"}} {value}");
     }
 
+    for kind in Kind::ALL {
+        let _ = writeln!(
+            out,
+            "relay_drops_total{{reason=\"write_queue_full\",transport=\"{}\"}} {}",
+            kind.label(),
+            s.streams.write_queue_full[kind as usize]
+        );
+    }
+    render_transports(&mut out, s);
+
     header(
         &mut out,
         "relay_metrics_connections_evicted_total",
@@ -215,6 +229,110 @@ pub(super) fn render(s: &Snapshot) -> String {
         let _ = writeln!(out, "process_max_fds {limit}");
     }
     out
+}
+
+/// Allocations, connections and TLS handshakes by transport (udp, tcp, tls).
+fn render_transports(out: &mut String, s: &Snapshot) {
+    let total: usize = s.gauges.allocations.iter().sum::<usize>();
+    let streams: usize = s.stream_allocations.iter().sum();
+    header(
+        out,
+        "relay_transport_allocations",
+        "gauge",
+        "Live allocations, by the transport their client uses.",
+    );
+    let _ = writeln!(
+        out,
+        "relay_transport_allocations{{transport=\"udp\"}} {}",
+        total.saturating_sub(streams)
+    );
+    for kind in Kind::ALL {
+        let _ = writeln!(
+            out,
+            "relay_transport_allocations{{transport=\"{}\"}} {}",
+            kind.label(),
+            s.stream_allocations[kind as usize]
+        );
+    }
+    let c = s.streams;
+    header(
+        out,
+        "relay_connections",
+        "gauge",
+        "Open TCP and TLS client connections.",
+    );
+    for kind in Kind::ALL {
+        let _ = writeln!(
+            out,
+            "relay_connections{{transport=\"{}\"}} {}",
+            kind.label(),
+            c.open[kind as usize]
+        );
+    }
+    header(
+        out,
+        "relay_connections_accepted_total",
+        "counter",
+        "TCP connections accepted (TLS or plain).",
+    );
+    let _ = writeln!(out, "relay_connections_accepted_total {}", c.accepted);
+    header(
+        out,
+        "relay_allocations_closed_with_connection_total",
+        "counter",
+        "Allocations deleted because their TCP or TLS connection closed.",
+    );
+    let _ = writeln!(
+        out,
+        "relay_allocations_closed_with_connection_total {}",
+        s.counters.allocations_closed_with_connection
+    );
+    header(
+        out,
+        "relay_connections_refused_total",
+        "counter",
+        "TCP connections closed at accept, by the limit they hit.",
+    );
+    let _ = writeln!(
+        out,
+        "relay_connections_refused_total{{reason=\"total\"}} {}\nrelay_connections_refused_total{{reason=\"per_ip\"}} {}",
+        c.refused_total, c.refused_per_ip
+    );
+    header(
+        out,
+        "relay_connections_closed_total",
+        "counter",
+        "Connections the relay closed, by transport and reason.",
+    );
+    for kind in Kind::ALL {
+        let k = kind as usize;
+        for (reason, value) in [
+            ("invalid_frame", c.closed_invalid[k]),
+            ("no_allocation", c.closed_no_allocation[k]),
+        ] {
+            let _ = writeln!(
+                out,
+                "relay_connections_closed_total{{transport=\"{}\",reason=\"{reason}\"}} {value}",
+                kind.label()
+            );
+        }
+    }
+    header(
+        out,
+        "relay_tls_handshakes_total",
+        "counter",
+        "TLS handshakes, by result.",
+    );
+    for (result, value) in [
+        ("ok", c.tls_handshakes_ok),
+        ("failed", c.tls_handshakes_failed),
+        ("timeout", c.tls_handshakes_timed_out),
+    ] {
+        let _ = writeln!(
+            out,
+            "relay_tls_handshakes_total{{result=\"{result}\"}} {value}"
+        );
+    }
 }
 
 /// Resident set size from /proc/self/statm (its second field, in pages).

@@ -16,7 +16,10 @@ mod metrics;
 mod signals;
 #[allow(unsafe_code)] // setsockopt
 mod sockets;
+mod stream;
 pub mod tls;
+
+pub use stream::{StreamCounters, StreamOptions};
 
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
@@ -30,6 +33,7 @@ use slab::Slab;
 
 use crate::core::{
     AllocationId, Config, Family, HEADROOM, ListenerId, Now, OpenError, Output, RelayId, Server,
+    Transport,
 };
 
 /// Where the datagrams of the socket being read come from.
@@ -48,6 +52,9 @@ enum Socket {
         allocation: AllocationId,
         socket: UdpSocket,
     },
+    /// TURN over TCP, and over TLS when a certificate is set (stream.rs).
+    TcpListener(mio::net::TcpListener),
+    Connection(Box<stream::Connection>),
 }
 
 /// Tokens outside the slab's range: the signalfd, the metrics listener, and the metrics
@@ -56,13 +63,15 @@ const SIGNAL_TOKEN: Token = Token(usize::MAX);
 const HTTP_LISTENER_TOKEN: Token = Token(usize::MAX - 1);
 const HTTP_FIRST_TOKEN: usize = 1 << 40;
 
-/// What the loop serves besides STUN/TURN.
-#[derive(Debug, Clone, Default)]
+/// What the loop serves besides STUN/TURN over UDP.
+#[derive(Default)]
 pub struct Options {
     /// Where to serve metrics and health, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
     /// For process_start_time_seconds.
     pub start_time_unix: u64,
+    /// TURN over TCP and TLS.
+    pub streams: StreamOptions,
 }
 
 /// I/O failures of the driver, counted, never fatal.
@@ -85,6 +94,9 @@ pub struct Driver {
     sockets: Slab<Socket>,
     /// Slab key of each listener, indexed by `ListenerId`.
     listeners: Vec<usize>,
+    /// Slab keys of the TCP listeners.
+    tcp_listeners: Vec<usize>,
+    streams: stream::Streams,
     core: Server,
     /// Receive slots and the queue of relayed datagrams to send (see batch.rs).
     batch: batch::Batch,
@@ -124,9 +136,26 @@ impl Driver {
         };
         let mut sockets = Slab::new();
         let mut listeners = Vec::new();
+        let mut tcp_listeners = Vec::new();
+        let tcp = options.streams.tcp;
+        let port_given: Vec<bool> = config.listeners.iter().map(|a| a.port() != 0).collect();
         for (index, addr) in config.listeners.clone().iter().enumerate() {
-            let mut socket = sockets::bind_udp(*addr, false)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
+            let (mut socket, tcp_listener) = if tcp && addr.port() == 0 {
+                let (udp, tcp) = sockets::bind_udp_and_tcp(*addr)
+                    .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
+                (udp, Some(tcp))
+            } else {
+                let udp = sockets::bind_udp(*addr, false)
+                    .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
+                (udp, None)
+            };
+            if let Some(mut listener) = tcp_listener {
+                let entry = sockets.vacant_entry();
+                poll.registry()
+                    .register(&mut listener, Token(entry.key()), Interest::READABLE)?;
+                tcp_listeners.push(entry.key());
+                entry.insert(Socket::TcpListener(listener));
+            }
             let entry = sockets.vacant_entry();
             poll.registry()
                 .register(&mut socket, Token(entry.key()), Interest::READABLE)?;
@@ -141,10 +170,20 @@ impl Driver {
             entry.insert(Socket::Listener { id, socket });
         }
         config.metrics_addr = http.as_ref().and_then(|h| h.local_addr().ok());
-        Ok(Driver {
+        // TCP on the listen addresses not bound above: those with a port given.
+        let udp_bound: Vec<SocketAddr> = config
+            .listeners
+            .iter()
+            .zip(&port_given)
+            .filter(|(_, given)| **given)
+            .map(|(addr, _)| *addr)
+            .collect();
+        let mut driver = Driver {
             poll,
             sockets,
             listeners,
+            tcp_listeners,
+            streams: stream::Streams::new(options.streams),
             core: Server::new(config, seed),
             batch: batch::Batch::new(),
             backlog: Vec::new(),
@@ -153,7 +192,60 @@ impl Driver {
             signals,
             http,
             start_time_unix: options.start_time_unix,
-        })
+        };
+        driver.bind_stream_listeners(&udp_bound)?;
+        Ok(driver)
+    }
+
+    /// TCP on every UDP listen address (same port), then the TLS listen addresses not
+    /// already bound. A default IPv6 TLS address that cannot be bound (no IPv6) is logged.
+    fn bind_stream_listeners(&mut self, udp_bound: &[SocketAddr]) -> io::Result<()> {
+        let mut bound = Vec::new();
+        if self.streams.options().tcp {
+            for addr in udp_bound {
+                let local = self.add_tcp_listener(*addr).map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot bind TCP {addr}: {e}"))
+                })?;
+                bound.push(local);
+            }
+        }
+        if self.streams.options().tls.is_none() {
+            return Ok(());
+        }
+        for addr in self.streams.options().tls_listen.clone() {
+            if bound.contains(&addr) {
+                continue;
+            }
+            match self.add_tcp_listener(addr) {
+                Ok(local) => bound.push(local),
+                Err(e) if addr.is_ipv6() && addr.ip().is_unspecified() => {
+                    warn!("cannot bind TLS {addr}: {e}; serving TLS without it");
+                }
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot bind TLS {addr}: {e}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The addresses the TCP (and TLS) listeners are bound to.
+    pub fn tcp_listen_addresses(&self) -> Vec<SocketAddr> {
+        self.tcp_listeners
+            .iter()
+            .filter_map(|key| match self.sockets.get(*key) {
+                Some(Socket::TcpListener(listener)) => listener.local_addr().ok(),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// What the stream side counted.
+    pub fn stream_counters(&self) -> &StreamCounters {
+        &self.streams.counters
     }
 
     /// The address the metrics listener is bound to, if any.
@@ -187,13 +279,19 @@ impl Driver {
             let now = clock::now();
             self.core.handle_timeout(now);
             self.drain_outputs(now);
+            self.streams.new_turn();
+            self.expire_connections(now);
             let mut ready = std::mem::take(&mut self.ready);
             ready.clear();
             ready.append(&mut self.backlog);
             for event in events.iter() {
                 match event.token() {
                     SIGNAL_TOKEN => {
-                        if let Some(signal) = self.signals.take() {
+                        while let Some(signal) = self.signals.take() {
+                            if signal == libc::SIGHUP {
+                                self.streams.reload_certificate();
+                                continue;
+                            }
                             info!(
                                 "signal {signal}: shutting down, closing {} allocations",
                                 self.core.allocation_count()
@@ -225,10 +323,14 @@ impl Driver {
         if !self.backlog.is_empty() {
             return Some(Duration::ZERO);
         }
-        let deadline = match (self.core.poll_timeout(), http_deadline) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b)?,
-        };
+        let deadline = [
+            self.core.poll_timeout(),
+            http_deadline,
+            self.streams.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
         Some(deadline.saturating_duration_since(clock::now().instant))
     }
 
@@ -240,7 +342,9 @@ impl Driver {
 
     /// Answers a scrape or a health check. Rendering is O(allocations), per request only.
     fn serve_http(&mut self, token: Token, now: Instant) {
+        let stream_allocations = self.stream_allocations();
         let (core, io, start_time_unix) = (&self.core, &self.io, self.start_time_unix);
+        let streams = &self.streams.counters;
         let Some(http) = self.http.as_mut() else {
             return;
         };
@@ -254,6 +358,8 @@ impl Driver {
                     io,
                     http_evicted,
                     start_time_unix,
+                    streams,
+                    stream_allocations,
                 };
                 (200, "text/plain; version=0.0.4", metrics::render(&snapshot))
             }
@@ -279,6 +385,8 @@ impl Driver {
             Some(Socket::Relay { allocation, socket }) => {
                 (socket.as_raw_fd(), Source::Peer(*allocation))
             }
+            Some(Socket::TcpListener(_)) => return self.accept(key, now),
+            Some(Socket::Connection(_)) => return self.read_connection(key, now),
             None => return false,
         };
         let count = match self.batch.recv(fd) {
@@ -321,11 +429,21 @@ impl Driver {
                         .handle_peer_datagram(now, allocation, from, slot, len)
                     {
                         let range = in_slot(0, deliver.frame);
-                        let queued = match self.listeners.get(usize::from(deliver.listener.0)) {
-                            Some(&listener_key) => {
-                                self.batch.queue(i, range, listener_key, deliver.client)
+                        let queued = match deliver.transport {
+                            Transport::Udp(listener) => {
+                                match self.listeners.get(usize::from(listener.0)) {
+                                    Some(&listener_key) => {
+                                        self.batch.queue(i, range, listener_key, deliver.client)
+                                    }
+                                    None => false,
+                                }
                             }
-                            None => false,
+                            Transport::Stream(connection) => stream::send_frame(
+                                &mut self.sockets,
+                                &mut self.streams,
+                                connection.0,
+                                &slot[range],
+                            ),
                         };
                         if !queued {
                             self.io.unsendable += 1;
@@ -349,7 +467,7 @@ impl Driver {
             Some(Socket::Listener { socket, .. } | Socket::Relay { socket, .. }) => {
                 Some(socket.as_raw_fd())
             }
-            None => None,
+            _ => None,
         });
         self.io.send_failed += flushed.failed;
     }
@@ -373,7 +491,7 @@ impl Driver {
         while let Some(output) = next.take().or_else(|| self.core.poll_output()) {
             match output {
                 Output::ToClient {
-                    listener,
+                    transport: Transport::Udp(listener),
                     client,
                     bytes,
                 } => {
@@ -381,6 +499,20 @@ impl Driver {
                         .listener_socket(listener)
                         .map(|s| s.send_to(&bytes, client));
                     if !matches!(sent, Some(Ok(_))) {
+                        self.io.send_failed += 1;
+                    }
+                }
+                Output::ToClient {
+                    transport: Transport::Stream(connection),
+                    bytes,
+                    ..
+                } => {
+                    if !stream::send_frame(
+                        &mut self.sockets,
+                        &mut self.streams,
+                        connection.0,
+                        &bytes,
+                    ) {
                         self.io.send_failed += 1;
                     }
                 }

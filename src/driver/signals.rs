@@ -1,4 +1,4 @@
-//! SIGTERM and SIGINT as an ordinary readable descriptor (signalfd), so shutdown is one more
+//! SIGTERM and SIGINT (shutdown) and SIGHUP (reload the certificate) as an ordinary readable descriptor (signalfd), so shutdown is one more
 //! event of the mio loop: no handler, no flag, no extra thread.
 
 use std::io;
@@ -18,6 +18,8 @@ impl ShutdownSignals {
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGTERM);
             libc::sigaddset(&mut set, libc::SIGINT);
+            // SIGHUP reloads the TLS certificate (no longer the default: terminate).
+            libc::sigaddset(&mut set, libc::SIGHUP);
             if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
                 return Err(io::Error::last_os_error());
             }

@@ -26,6 +26,38 @@ pub(super) fn bind_udp(addr: SocketAddr, dont_fragment: bool) -> io::Result<mio:
     Ok(mio::net::UdpSocket::from_std(socket.into()))
 }
 
+/// A non-blocking TCP listener on `addr` (TURN over TCP and TLS). SO_REUSEADDR so that a
+/// restart does not wait for the old connections' TIME_WAIT.
+pub(super) fn bind_tcp(addr: SocketAddr) -> io::Result<mio::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(mio::net::TcpListener::from_std(socket.into()))
+}
+
+/// A UDP socket and a TCP listener on one port the kernel chooses (`addr` has port 0): the
+/// TCP port first, then UDP on it, again with another port if UDP's is taken.
+pub(super) fn bind_udp_and_tcp(
+    addr: SocketAddr,
+) -> io::Result<(mio::net::UdpSocket, mio::net::TcpListener)> {
+    let mut last = io::Error::from(io::ErrorKind::AddrInUse);
+    for _ in 0..32 {
+        let tcp = bind_tcp(addr)?;
+        let port = tcp.local_addr()?.port();
+        match bind_udp(SocketAddr::new(addr.ip(), port), false) {
+            Ok(udp) => return Ok((udp, tcp)),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
 /// DF on every datagram: IP_PMTUDISC_DO for IPv4 (the kernel never fragments, and refuses
 /// datagrams above the path MTU with EMSGSIZE), IPV6_DONTFRAG for IPv6.
 fn set_dont_fragment(socket: &Socket, ipv6: bool) -> io::Result<()> {

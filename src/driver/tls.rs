@@ -6,7 +6,7 @@
 //! that offers only other protocols is refused with `no_application_protocol`, RFC 7301 §3.2:
 //! it did not come for TURN.)
 
-mod connection;
+pub(super) mod connection;
 #[cfg(test)]
 mod test_pki;
 

@@ -194,7 +194,7 @@ fn peer_datagrams_go_through_channel_or_data_indication_or_are_dropped() {
     let peer = addr("8.8.8.9:7000");
     h.channel_bind(&c, 0x4123, peer);
     let (deliver, frame) = h.peer(a.id, peer, b"hello").unwrap();
-    assert_eq!(deliver.listener, LISTENER);
+    assert_eq!(deliver.transport, relay::core::Transport::Udp(LISTENER));
     assert_eq!(deliver.client, c.addr);
     assert_eq!(deliver.frame, HEADROOM - 4..HEADROOM + 5);
     assert_eq!(

@@ -396,14 +396,14 @@ impl Harness {
 /// The output must be a response to `to` on our listener; decodes it.
 pub fn to_client(output: &Output, to: SocketAddr) -> Response {
     let Output::ToClient {
-        listener,
+        transport,
         client,
         bytes,
     } = output
     else {
         panic!("expected ToClient, got {output:?}");
     };
-    assert_eq!(*listener, LISTENER);
+    assert_eq!(*transport, relay::core::Transport::Udp(LISTENER));
     assert_eq!(*client, to);
     Response::decode(bytes)
 }

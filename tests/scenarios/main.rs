@@ -23,4 +23,5 @@ mod permissions;
 mod quotas;
 mod refresh;
 mod relay_ports;
+mod stream;
 mod unproven_source;

@@ -16,8 +16,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use relay::core::{
-    AllocationId, Config, Deliver, Family, Forward, HEADROOM, ListenerId, Now, OpenError, Output,
-    RelayId, Server, TAILROOM,
+    AllocationId, Config, ConnectionId, Deliver, Family, Forward, HEADROOM, ListenerId, Now,
+    OpenError, Output, RelayId, Server, TAILROOM, Transport,
 };
 
 /// Unix time at virtual time zero.
@@ -145,6 +145,35 @@ impl FakeDriver {
             );
         }
         forward
+    }
+
+    /// One frame (padding stripped) from TCP/TLS connection `connection` of `from`.
+    pub fn stream_frame(
+        &mut self,
+        connection: ConnectionId,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) -> Option<Forward> {
+        self.assert_drained();
+        let forward = self
+            .server
+            .handle_stream_frame(self.now(), connection, from, bytes);
+        self.check_invariants("handle_stream_frame");
+        if let Some(f) = &forward {
+            assert!(
+                f.payload.end <= bytes.len(),
+                "Forward range outside the frame"
+            );
+        }
+        forward
+    }
+
+    /// The driver saw connection `connection` of `from` close.
+    pub fn connection_closed(&mut self, connection: ConnectionId, from: SocketAddr) {
+        self.assert_drained();
+        self.server
+            .handle_connection_closed(self.now(), connection, from);
+        self.check_invariants("handle_connection_closed");
     }
 
     /// A datagram from `from` read on the relay socket of `allocation`, laid out in a
@@ -373,7 +402,7 @@ impl Drop for FakeDriver {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seen {
     Answer {
-        listener: ListenerId,
+        transport: Transport,
         to: SocketAddr,
         class: crate::stun_encoder::Class,
         method: u16,
@@ -404,11 +433,42 @@ impl Seen {
         error: Option<u16>,
     ) -> Seen {
         Seen::Answer {
-            listener: ListenerId(0),
+            transport: Transport::Udp(ListenerId(0)),
             to,
             class,
             method: method.as_u16(),
             error,
+        }
+    }
+
+    /// A success response over connection `connection`.
+    pub fn success_on(
+        connection: ConnectionId,
+        to: SocketAddr,
+        method: stun_codec::Method,
+    ) -> Seen {
+        Seen::Answer {
+            transport: Transport::Stream(connection),
+            to,
+            class: crate::stun_encoder::Class::Success,
+            method: method.as_u16(),
+            error: None,
+        }
+    }
+
+    /// An error response with `code` over connection `connection`.
+    pub fn error_on(
+        connection: ConnectionId,
+        to: SocketAddr,
+        method: stun_codec::Method,
+        code: u16,
+    ) -> Seen {
+        Seen::Answer {
+            transport: Transport::Stream(connection),
+            to,
+            class: crate::stun_encoder::Class::Error,
+            method: method.as_u16(),
+            error: Some(code),
         }
     }
 
@@ -439,7 +499,7 @@ pub fn seen(outputs: &[Output]) -> Vec<Seen> {
         .iter()
         .map(|output| match output {
             Output::ToClient {
-                listener,
+                transport,
                 client,
                 bytes,
             } => {
@@ -451,7 +511,7 @@ pub fn seen(outputs: &[Output]) -> Vec<Seen> {
                     .find(|(k, _)| *k == kind::ERROR_CODE)
                     .map(|(_, v)| u16::from(v[2] & 0x07) * 100 + u16::from(v[3]));
                 Seen::Answer {
-                    listener: *listener,
+                    transport: *transport,
                     to: *client,
                     class: Class::of(message_type),
                     method: method_of(message_type),

@@ -4,6 +4,7 @@
 use stun_codec::MessageClass;
 
 use super::Requester;
+use crate::core::client::Transport;
 use crate::core::failure::Failure;
 use crate::core::server::Server;
 use crate::core::wire::{self as message, Attribute};
@@ -46,9 +47,15 @@ impl Server {
         if !Self::is_request(&requester.header) {
             return;
         }
-        if self
-            .unauthenticated_answers
-            .admit(requester.client.addr.ip(), request_len, bytes.len())
+        // A stream client's address is proven by the TCP handshake: an answer over the
+        // connection cannot be reflected at a spoofed victim, so it needs no byte credit.
+        let is_stream = matches!(requester.client.transport, Transport::Stream(_));
+        if is_stream
+            || self.unauthenticated_answers.admit(
+                requester.client.addr.ip(),
+                request_len,
+                bytes.len(),
+            )
         {
             self.counters.count_response(requester.header.method, code);
             self.reply(requester.client, bytes);

@@ -1,0 +1,120 @@
+//! One client connection: its socket, TLS or not, the start of an incomplete frame, and its
+//! bounded write queue.
+
+use std::io::{self, ErrorKind, Write};
+use std::net::SocketAddr;
+
+use mio::net::TcpStream;
+
+use crate::driver::tls::connection::TlsConnection;
+
+/// Bytes of frames queued for one client that is slow to read (about 50 maximal media
+/// datagrams): beyond it frames are dropped, so a stalled client costs this much at most.
+pub(super) const WRITE_LIMIT: usize = 64 * 1024;
+
+/// The two stream transports, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Tcp = 0,
+    Tls = 1,
+}
+
+impl Kind {
+    pub(crate) const ALL: [Kind; 2] = [Kind::Tcp, Kind::Tls];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Kind::Tcp => "tcp",
+            Kind::Tls => "tls",
+        }
+    }
+}
+
+pub(super) enum State {
+    /// No byte read yet: TLS or plain is decided by the first one.
+    Undecided,
+    Tcp,
+    Tls(Box<TlsConnection>),
+}
+
+pub(crate) struct Connection {
+    pub(super) stream: TcpStream,
+    pub(super) peer: SocketAddr,
+    pub(super) generation: u64,
+    pub(super) state: State,
+    /// The start of a frame not yet complete.
+    pub(super) read: Vec<u8>,
+    /// Plain TCP: bytes to write, from `written` on.
+    pub(super) write: Vec<u8>,
+    pub(super) written: usize,
+}
+
+impl Connection {
+    pub(super) fn kind(&self) -> Kind {
+        match self.state {
+            State::Tls(_) => Kind::Tls,
+            _ => Kind::Tcp,
+        }
+    }
+
+    pub(super) fn is_handshaking(&self) -> bool {
+        matches!(&self.state, State::Tls(tls) if !tls.is_handshake_complete())
+    }
+
+    /// Queues one whole frame, or refuses it when the client is too slow (false). Errors
+    /// are left for the next read (the socket reports them again).
+    pub(super) fn send(&mut self, frame: &[u8]) -> bool {
+        match &mut self.state {
+            State::Tls(tls) => {
+                if !tls.queue_plaintext(frame) {
+                    return false;
+                }
+                let _ = tls.write_ciphertext(&mut self.stream);
+                true
+            }
+            State::Tcp | State::Undecided => {
+                if self.write.len() - self.written + frame.len() > WRITE_LIMIT {
+                    return false;
+                }
+                if self.written == self.write.len() {
+                    self.write.clear();
+                    self.written = 0;
+                    match self.stream.write(frame) {
+                        Ok(n) if n == frame.len() => return true,
+                        Ok(n) => self.write.extend_from_slice(&frame[n..]),
+                        Err(_) => self.write.extend_from_slice(frame),
+                    }
+                } else {
+                    self.write.extend_from_slice(frame);
+                }
+                true
+            }
+        }
+    }
+
+    /// Writes what is queued until done or the socket would block.
+    pub(super) fn flush(&mut self) -> io::Result<()> {
+        match &mut self.state {
+            State::Tls(tls) => tls.write_ciphertext(&mut self.stream).map(|_| ()),
+            State::Tcp | State::Undecided => {
+                while self.written < self.write.len() {
+                    match self.stream.write(&self.write[self.written..]) {
+                        Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                        Ok(n) => self.written += n,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                if self.written == self.write.len() {
+                    self.write.clear();
+                    self.written = 0;
+                    if self.write.capacity() > WRITE_LIMIT {
+                        self.write = Vec::new();
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
