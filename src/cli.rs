@@ -146,6 +146,8 @@ pub struct Args {
 
     /// Serve TURN over TLS (and over TCP, told apart by the first byte) on this address
     /// (repeatable) [default: 0.0.0.0:5349 and [::]:5349 when a certificate is set].
+    // The comment is clap's --help text: `[::]` stays as operators write it, not a doc link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(
         long = "tls-listen-addr",
         env = "RELAY_TLS_LISTEN_ADDR",
