@@ -268,6 +268,7 @@ impl Driver {
 
     /// Writes what waits, then reads up to a turn's budget; true if more may wait.
     pub(super) fn read_connection(&mut self, key: usize, now: Now) -> bool {
+        let tls_enabled = self.streams.options.tls.is_some();
         for _ in 0..READS_PER_TURN {
             let Some(Socket::Connection(conn)) = self.sockets.get_mut(key) else {
                 return false;
@@ -276,7 +277,7 @@ impl Driver {
                 self.close_connection(key, now);
                 return false;
             }
-            if conn.is_handshaking() {
+            if conn.may_cost_a_handshake_step(tls_enabled) {
                 if self.streams.handshakes_this_turn >= HANDSHAKES_PER_TURN {
                     return true;
                 }

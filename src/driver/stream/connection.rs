@@ -61,6 +61,14 @@ impl Connection {
         matches!(&self.state, State::Tls(tls) if !tls.is_handshake_complete())
     }
 
+    /// Whether reading this connection may cost a TLS handshake step: during the handshake,
+    /// and, when TLS is served, on its first read too, which carries the ClientHello (the
+    /// key exchange and the certificate signature: the costly step). Found by review: a
+    /// flood of ClientHellos was outside the per-turn budget and stalled UDP for seconds.
+    pub(super) fn may_cost_a_handshake_step(&self, tls_enabled: bool) -> bool {
+        self.is_handshaking() || (tls_enabled && matches!(self.state, State::Undecided))
+    }
+
     /// Queues one whole frame, or refuses it when the client is too slow (false). Errors
     /// are left for the next read (the socket reports them again).
     pub(super) fn send(&mut self, frame: &[u8]) -> bool {
