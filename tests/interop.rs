@@ -14,12 +14,11 @@ mod harness;
 mod stun_encoder;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::credentials;
-use harness::{DualStackRelay, Finished, Guard, V4, V6, free_port_range, run_bounded};
+use harness::{DualStackRelay, Finished, Guard, V4, V6, free_port_range, run_bounded, script};
 
 /// Echo peers on loopback need this; two clients of the relay talking through each other's
 /// relayed addresses (the aiortc tests) do not: the relay's own addresses are reachable on
@@ -28,30 +27,6 @@ const ALLOW_LOOPBACK: &str = "--allow-loopback-peers";
 
 // ---------------------------------------------------------------------------------------
 // aioice and aiortc (Python, from the venv tests/run creates)
-
-/// The interpreter of the venv `tests/run` set up.
-fn python() -> String {
-    std::env::var("RELAY_PYTHON").unwrap_or_else(|_| {
-        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
-        assert!(
-            Path::new(venv).exists(),
-            "no Python venv with aioice/aiortc: run tests/run (it installs what the interop tests need)"
-        );
-        venv.to_owned()
-    })
-}
-
-fn script(name: &str) -> Command {
-    let mut command = Command::new(python());
-    command
-        .arg(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/interop")
-                .join(name),
-        )
-        .env("PYTHONDONTWRITEBYTECODE", "1");
-    command
-}
 
 /// The one JSON line a script prints must say `"ok": true`, with the named counts.
 fn assert_script_ok(what: &str, finished: &Finished, relay: &DualStackRelay, expect: &[&str]) {

@@ -23,36 +23,12 @@ mod stun_encoder;
 mod turn_servers;
 
 use std::net::IpAddr;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::credentials;
-use harness::{Finished, Guard, run_bounded};
+use harness::{Finished, Guard, run_bounded, script};
 use turn_servers::{Kind, TurnServer, V4, V6};
-
-fn python() -> String {
-    std::env::var("RELAY_PYTHON").unwrap_or_else(|_| {
-        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
-        assert!(
-            Path::new(venv).exists(),
-            "no Python venv with aioice/aiortc: run tests/run (it installs what the interop tests need)"
-        );
-        venv.to_owned()
-    })
-}
-
-fn script(name: &str) -> Command {
-    let mut command = Command::new(python());
-    command
-        .arg(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/interop")
-                .join(name),
-        )
-        .env("PYTHONDONTWRITEBYTECODE", "1");
-    command
-}
 
 fn server(kind: Kind, relay_ports: u16, extra: &[&str]) -> TurnServer {
     match kind {

@@ -4,6 +4,7 @@
 
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -225,4 +226,32 @@ fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<String> {
         }
         String::from_utf8_lossy(&bytes).into_owned()
     })
+}
+
+// ---------------------------------------------------------------------------------------
+// The Python clients
+
+/// The interpreter of the venv `tests/run` set up.
+fn python() -> String {
+    std::env::var("RELAY_PYTHON").unwrap_or_else(|_| {
+        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+        assert!(
+            Path::new(venv).exists(),
+            "no Python venv with aioice/aiortc: run tests/run (it installs what the interop tests need)"
+        );
+        venv.to_owned()
+    })
+}
+
+/// A script of `tests/interop/` run by that interpreter.
+pub fn script(name: &str) -> Command {
+    let mut command = Command::new(python());
+    command
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/interop")
+                .join(name),
+        )
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    command
 }
