@@ -1,14 +1,22 @@
 //! The one table from a request's failure to its STUN error code, reason phrase and the
 //! attributes that code requires.
 
+use std::net::SocketAddr;
 use stun_codec::AttributeType;
-use stun_codec::rfc5389::attributes::{ErrorCode, Nonce, Realm, UnknownAttributes};
+
+use stun_codec::rfc5389::attributes::{
+    AlternateServer, ErrorCode, Nonce, Realm, UnknownAttributes,
+};
 
 use super::allocations::Refusal;
 use super::wire::Attribute;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Failure {
+    /// Draining: allocate on this other server instead (RFC 8489 §10).
+    TryAlternate {
+        server: SocketAddr,
+    },
     BadRequest,
     /// No or wrong credentials; carries a fresh nonce for the retry.
     Unauthorized {
@@ -40,6 +48,8 @@ enum Extra<'a> {
     None,
     /// REALM and a fresh NONCE (401, 438; RFC 8489 §9.2.4).
     RealmAndNonce(&'a str),
+    /// ALTERNATE-SERVER (300; RFC 8489 §10).
+    AlternateServer(SocketAddr),
     /// UNKNOWN-ATTRIBUTES (420; RFC 8489 §14.9).
     UnknownAttributes(&'a [u16]),
 }
@@ -49,7 +59,8 @@ const fn row(code: u16, reason: &'static str) -> ErrorRow {
 }
 
 /// The error table, by code: every code a request's failure can be answered with.
-pub(super) const ERROR_TABLE: [ErrorRow; 12] = [
+pub(super) const ERROR_TABLE: [ErrorRow; 13] = [
+    row(300, "Try Alternate"),
     row(400, "Bad Request"),
     // Empty: the 401 is the first answer every client gets, unauthenticated, and must
     // stay within 3x the smallest Allocate (see `admission`); the code says it all.
@@ -70,6 +81,7 @@ impl Failure {
     /// The one place that says, for each failure, its row of the table and its extras.
     fn parts(&self) -> (ErrorRow, Extra<'_>) {
         let [
+            try_alternate,
             bad_request,
             unauthorized,
             forbidden,
@@ -84,6 +96,7 @@ impl Failure {
             insufficient_capacity,
         ] = ERROR_TABLE;
         match self {
+            Failure::TryAlternate { server } => (try_alternate, Extra::AlternateServer(*server)),
             Failure::BadRequest => (bad_request, Extra::None),
             Failure::Unauthorized { nonce } => (unauthorized, Extra::RealmAndNonce(nonce)),
             Failure::Forbidden => (forbidden, Extra::None),
@@ -121,6 +134,9 @@ impl Failure {
                 if let Ok(nonce) = Nonce::new(nonce.to_owned()) {
                     attributes.push(Attribute::Nonce(nonce));
                 }
+            }
+            Extra::AlternateServer(server) => {
+                attributes.push(Attribute::AlternateServer(AlternateServer::new(server)));
             }
             Extra::UnknownAttributes(types) => {
                 let types = types.iter().map(|t| AttributeType::new(*t)).collect();
@@ -162,11 +178,14 @@ mod tests {
         assert_eq!(
             response_codes(),
             [
-                200, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 486, 508
+                200, 300, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 486, 508
             ]
         );
         let nonce = String::from("n");
         let failures = [
+            Failure::TryAlternate {
+                server: "192.0.2.1:3478".parse().unwrap(),
+            },
             Failure::BadRequest,
             Failure::Unauthorized {
                 nonce: nonce.clone(),

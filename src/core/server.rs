@@ -20,6 +20,7 @@ use super::allocations::allocation::RelaySocket;
 use super::allocations::{Allocations, Expired, Footprint, Opened, RelaysToClose};
 use super::auth::admission::Admission;
 use super::auth::nonce::NonceKey;
+use super::availability::Availability;
 use super::client::{ClientKey, Transport};
 use super::config::Config;
 use super::counters::{Counters, Gauges};
@@ -122,6 +123,8 @@ pub struct Server {
     /// needs no call into the RNG.
     indication_prefix: [u8; 8],
     indication_counter: u32,
+    /// Whether new Allocates are taken (drain, portal init).
+    availability: Availability,
 }
 
 impl Server {
@@ -142,6 +145,7 @@ impl Server {
             counters: Counters::default(),
             indication_prefix,
             indication_counter: 0,
+            availability: Availability::Serving,
         }
     }
 
@@ -470,6 +474,16 @@ impl Server {
             gauges.ports_free[family.index()] = self.allocations.ports_free(family);
         }
         gauges
+    }
+
+    /// Opens or closes the door to new allocations; existing ones are not touched.
+    pub fn set_availability(&mut self, availability: Availability) {
+        self.availability = availability;
+    }
+
+    /// Whether new allocations are taken, and if not, how they are refused.
+    pub fn availability(&self) -> Availability {
+        self.availability
     }
 
     /// Whether a relay address of this family exists and has a free port.

@@ -14,6 +14,7 @@ mod harness;
 
 mod allocate;
 mod auth;
+mod availability;
 mod binding;
 mod channels;
 mod even_port;

@@ -19,6 +19,7 @@ use crate::core::allocations::allocation::{Allocation, NewAllocation, RelaySocke
 use crate::core::allocations::ports::PortNeed;
 use crate::core::allocations::{Allocations, Demand, quota_user};
 use crate::core::auth::credentials::Credentials;
+use crate::core::availability::Availability;
 use crate::core::failure::Failure;
 use crate::core::ids::{AllocationId, Family};
 use crate::core::server::Server;
@@ -61,6 +62,15 @@ impl Server {
                 self.reply(requester.client, response);
             }
             return Ok(None);
+        }
+        match self.availability() {
+            Availability::Serving => {}
+            Availability::Draining {
+                alternate: Some(server),
+            } => return Err(Failure::TryAlternate { server }),
+            Availability::Draining { alternate: None } | Availability::NotReady => {
+                return Err(Failure::InsufficientCapacity);
+            }
         }
         let transport = message
             .get_attribute::<RequestedTransport>()

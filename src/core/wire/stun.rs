@@ -7,7 +7,8 @@ use std::ops::Range;
 
 use bytecodec::{DecodeExt, EncodeExt};
 use stun_codec::rfc5389::attributes::{
-    ErrorCode, Nonce, Realm, Software, UnknownAttributes, Username, XorMappedAddress,
+    AlternateServer, ErrorCode, Nonce, Realm, Software, UnknownAttributes, Username,
+    XorMappedAddress,
 };
 use stun_codec::rfc5766::attributes::{
     ChannelNumber, Data, DontFragment, EvenPort, Lifetime, RequestedTransport, ReservationToken,
@@ -31,6 +32,7 @@ stun_codec::define_attribute_enums!(
         ErrorCode,
         UnknownAttributes,
         Software,
+        AlternateServer,
         XorMappedAddress,
         RequestedTransport,
         Lifetime,
