@@ -365,8 +365,11 @@ impl Driver {
             }
             Some(http::Route::Live) => (200, "text/plain", "ok\n".into()),
             Some(http::Route::Health) => {
-                // Listeners are bound (or we would not be running); can we allocate?
-                if Family::ALL.iter().any(|f| core.can_allocate(*f)) {
+                // Listeners are bound (or we would not be running); do we take new
+                // allocations (not draining, initialised), and can we?
+                if !core.availability().is_serving() {
+                    (503, "text/plain", "not taking new allocations\n".into())
+                } else if Family::ALL.iter().any(|f| core.can_allocate(*f)) {
                     (200, "text/plain", "ok\n".into())
                 } else {
                     (503, "text/plain", "no relay capacity\n".into())
