@@ -173,7 +173,8 @@ pub struct Args {
     )]
     pub max_connections: usize,
 
-    /// TCP and TLS connections from one IP address (many clients may share one behind NAT).
+    /// TCP and TLS connections from one IPv4 address or one IPv6 /64 (many clients may share
+    /// one behind NAT).
     #[arg(
         long,
         env = "RELAY_MAX_CONNECTIONS_PER_IP",
@@ -182,13 +183,25 @@ pub struct Args {
     )]
     pub max_connections_per_ip: usize,
 
+    /// TCP and TLS connections without an allocation yet; when reached, the oldest of them
+    /// is closed for a new one.
     #[arg(
         long,
-        env = "RELAY_TEST_CONNECTION_DEADLINE",
-        value_name = "SECS",
-        hide = true
+        env = "RELAY_MAX_PENDING_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 2_000
     )]
-    pub test_connection_deadline: Option<u64>,
+    pub max_pending_connections: usize,
+
+    /// Seconds a TCP or TLS connection may stay open without an allocation.
+    #[arg(
+        long,
+        env = "RELAY_ALLOCATE_DEADLINE",
+        value_name = "SECS",
+        default_value_t = 10,
+        alias = "test-connection-deadline"
+    )]
+    pub allocate_deadline: u64,
 
     #[arg(
         long,
@@ -273,6 +286,7 @@ pub struct StreamSettings {
     pub tls_files: Option<(PathBuf, PathBuf)>,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    pub max_pending_connections: usize,
     /// Connections without an allocation are closed after this.
     pub no_allocation_deadline: Duration,
     /// A TLS handshake not done by then is abandoned.
@@ -335,7 +349,7 @@ pub fn settings(
     if args.auth_secret.iter().any(String::is_empty) {
         return Err("--auth-secret: must not be empty".into());
     }
-    let streams = stream_settings(&args, &mut notes)?;
+    let streams = stream_settings(&args)?;
     let (secrets, generated_secret) = if args.auth_secret.is_empty() {
         let secret = random_secret();
         (vec![secret.clone()], Some(secret))
@@ -399,7 +413,7 @@ pub fn settings(
     })
 }
 
-fn stream_settings(args: &Args, notes: &mut Vec<String>) -> Result<StreamSettings, String> {
+fn stream_settings(args: &Args) -> Result<StreamSettings, String> {
     let tls_files = match (&args.tls_cert_file, &args.tls_key_file) {
         (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
         (None, None) => None,
@@ -419,16 +433,13 @@ fn stream_settings(args: &Args, notes: &mut Vec<String>) -> Result<StreamSetting
     } else {
         args.tls_listen_addr.clone()
     };
-    let no_allocation_deadline = match args.test_connection_deadline {
-        None => Duration::from_secs(30),
-        Some(0) => return Err("--test-connection-deadline: must be at least 1 second".into()),
-        Some(secs) => {
-            notes.push(format!(
-                "--test-connection-deadline {secs}: connections without an allocation close after {secs} s (tests only)"
-            ));
-            Duration::from_secs(secs)
-        }
-    };
+    if args.max_pending_connections == 0 {
+        return Err("--max-pending-connections: must be at least 1".into());
+    }
+    if args.allocate_deadline == 0 {
+        return Err("--allocate-deadline: must be at least 1 second".into());
+    }
+    let no_allocation_deadline = Duration::from_secs(args.allocate_deadline);
     let handshake_deadline = match args.test_handshake_deadline {
         None => Duration::from_secs(10),
         Some(0) => return Err("--test-handshake-deadline: must be at least 1 second".into()),
@@ -441,6 +452,7 @@ fn stream_settings(args: &Args, notes: &mut Vec<String>) -> Result<StreamSetting
         tls_files,
         max_connections: args.max_connections,
         max_connections_per_ip: args.max_connections_per_ip,
+        max_pending_connections: args.max_pending_connections,
         no_allocation_deadline,
     })
 }

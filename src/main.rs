@@ -57,6 +57,16 @@ fn main() -> ExitCode {
     info!(
         "file descriptors: {descriptors} (each allocation holds one per relayed family; beyond that, Allocate gets 508)"
     );
+    let budget = relay::driver::limits::connection_budget(descriptors);
+    let max_connections = if streams.tcp && streams.max_connections > budget {
+        warn!(
+            "--max-connections {}: {descriptors} file descriptors serve at most {budget} TCP/TLS connections (half of them, beyond a reserve, stay for relay sockets); raise the limit (LimitNOFILE) to serve more",
+            streams.max_connections
+        );
+        budget
+    } else {
+        streams.max_connections
+    };
     let options = driver::Options {
         metrics_addr: settings.metrics_addr,
         start_time_unix: unix_now(),
@@ -64,8 +74,9 @@ fn main() -> ExitCode {
             tcp: streams.tcp,
             tls_listen: streams.tls_listen.clone(),
             tls,
-            max_connections: streams.max_connections,
+            max_connections,
             max_connections_per_ip: streams.max_connections_per_ip,
+            max_pending_connections: streams.max_pending_connections,
             no_allocation_deadline: streams.no_allocation_deadline,
             handshake_deadline: streams.handshake_deadline,
         },

@@ -475,14 +475,17 @@ fn connections_per_address_are_limited() {
 
 #[test]
 fn a_connection_without_an_allocation_is_closed_at_the_deadline() {
-    let mut relay = start(&["--test-connection-deadline", "1"]);
+    let mut relay = start(&["--allocate-deadline", "1"]);
+    let started = Instant::now();
     let mut idle = StreamClient::tcp(relay.addr);
     let mut allocated = StreamClient::tcp(relay.addr);
     allocated.allocate();
-    let started = Instant::now();
     assert!(idle.is_closed_by_relay());
     let waited = started.elapsed();
-    assert!(waited < Duration::from_secs(4), "closed after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "closed after {waited:?}"
+    );
     wait_metric(
         &mut relay,
         "relay_connections_closed_total{transport=\"tcp\",reason=\"no_allocation\"}",
@@ -513,7 +516,7 @@ fn a_tls_handshake_not_done_by_its_deadline_is_abandoned() {
     );
     wait_metric(
         &mut relay,
-        "relay_tls_handshakes_total{result=\"timeout\"}",
+        "relay_tls_handshakes_total{result=\"failed\",reason=\"timeout\"}",
         1,
     );
     // A complete handshake is not affected.
@@ -704,4 +707,213 @@ fn no_tcp_leaves_the_listen_port_udp_only() {
     let mut udp = common::Client::new(relay.addr, "", "");
     let response = udp.request(stun_codec::rfc5389::methods::BINDING, vec![]);
     assert_eq!(response.class(), stun_codec::MessageClass::SuccessResponse);
+}
+
+/// Connections without an allocation have their own pool: at its limit all are served; past
+/// it the oldest of them is closed for the new one, never one with an allocation; at the
+/// total limit a pending one makes room too, and only when every connection holds an
+/// allocation is a new one refused.
+#[test]
+fn connections_without_an_allocation_make_room_for_new_ones() {
+    let mut relay = start(&["--max-pending-connections", "3", "--max-connections", "5"]);
+    let served = |client: &mut StreamClient| {
+        assert_eq!(client.request(BINDING, &[]).class(), Class::Success);
+    };
+    let mut allocated = StreamClient::tcp(relay.addr);
+    allocated.allocate();
+    // At the pending limit: all three are served.
+    let mut pending: Vec<StreamClient> = (0..3).map(|_| StreamClient::tcp(relay.addr)).collect();
+    for client in &mut pending {
+        served(client);
+    }
+    wait_metric(&mut relay, "relay_connections_pending", 3);
+    // Past it: the oldest pending one goes, the new one is served.
+    let mut fourth = StreamClient::tcp(relay.addr);
+    served(&mut fourth);
+    assert!(
+        pending[0].is_closed_by_relay(),
+        "the oldest pending one is closed"
+    );
+    let evicted = "relay_connections_closed_total{transport=\"tcp\",reason=\"evicted\"}";
+    wait_metric(&mut relay, evicted, 1);
+    served(&mut pending[1]);
+    served(&mut pending[2]);
+    served(&mut allocated);
+
+    // Allocations take connections out of the pending pool: 1 + 3 allocated, 1 pending.
+    pending[1].allocate();
+    pending[2].allocate();
+    fourth.allocate();
+    let mut fifth = StreamClient::tcp(relay.addr);
+    served(&mut fifth);
+    wait_metric(&mut relay, "relay_connections{transport=\"tcp\"}", 5);
+    // At the total limit: the pending one makes room.
+    let mut sixth = StreamClient::tcp(relay.addr);
+    served(&mut sixth);
+    assert!(fifth.is_closed_by_relay(), "the pending one is closed");
+    wait_metric(&mut relay, evicted, 2);
+    // Every connection holds an allocation: a new one is refused, the others stay.
+    sixth.allocate();
+    let mut refused = StreamClient::tcp(relay.addr);
+    assert!(refused.is_closed_by_relay(), "refused at the total limit");
+    wait_metric(
+        &mut relay,
+        "relay_connections_refused_total{reason=\"total\"}",
+        1,
+    );
+    let held = pending.iter_mut().skip(1);
+    for client in [&mut allocated, &mut fourth, &mut sixth]
+        .into_iter()
+        .chain(held)
+    {
+        served(client);
+    }
+}
+
+/// An allocation that ends (Refresh 0 here; expiry takes the same path: its relay socket
+/// closes) closes its connection at once, not at a later periodic check.
+#[test]
+fn a_connection_whose_allocation_ended_is_closed_at_once() {
+    let mut relay = start(&[]);
+    let mut client = StreamClient::tcp(relay.addr);
+    client.allocate();
+    let deleted = client.authenticated(0x004, &[(kind::LIFETIME, vec![0, 0, 0, 0])]);
+    assert_eq!(deleted.class(), Class::Success);
+    let started = Instant::now();
+    assert!(
+        client.is_closed_by_relay(),
+        "closed after its allocation ended"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    wait_metric(
+        &mut relay,
+        "relay_connections_closed_total{transport=\"tcp\",reason=\"allocation_ended\"}",
+        1,
+    );
+}
+
+#[test]
+fn an_allocation_that_expires_closes_its_connection() {
+    let mut relay = start(&["--test-lifetime", "1"]);
+    let mut client = StreamClient::tcp(relay.addr);
+    let started = Instant::now();
+    client.allocate();
+    assert!(
+        client.is_closed_by_relay(),
+        "closed when its allocation expired"
+    );
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(4), "closed after {waited:?}");
+    wait_metric(
+        &mut relay,
+        "relay_connections_closed_total{transport=\"tcp\",reason=\"allocation_ended\"}",
+        1,
+    );
+}
+
+/// A TLS handshake the client abandons counts as failed, with why.
+#[test]
+fn an_abandoned_tls_handshake_counts_as_failed() {
+    let pki = Pki::new();
+    pki.write_server();
+    let mut relay = start_tls(&pki, &[]);
+    let mut abandoned = tcp_to(relay.addr);
+    abandoned
+        .write_all(&[0x16, 0x03, 0x01, 0x00])
+        .expect("write");
+    wait_metric(&mut relay, "relay_connections{transport=\"tls\"}", 1);
+    drop(abandoned);
+    wait_metric(
+        &mut relay,
+        "relay_tls_handshakes_total{result=\"failed\",reason=\"client\"}",
+        1,
+    );
+    wait_metric(&mut relay, "relay_connections{transport=\"tls\"}", 0);
+}
+
+/// Out of descriptors, accept() fails and mio (edge-triggered) reports the listener no more:
+/// the relay retries it, so a connection waiting in the backlog is served once a descriptor
+/// is free. The connection limit is lowered to what the descriptors serve, with a warning.
+#[test]
+fn connections_waiting_while_out_of_descriptors_are_served_once_one_is_free() {
+    use std::os::unix::process::CommandExt;
+    use stun_codec::rfc5766::attributes::{Lifetime, RequestedTransport};
+    use stun_encoder::codec::Attribute;
+
+    const NOFILE: libc::rlim_t = 64;
+    let (lowest, highest) = common::free_port_range_args(100);
+    let mut command = std::process::Command::new(common::relay_binary());
+    command.args([
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--realm",
+        common::REALM,
+        "--auth-secret",
+        SECRET,
+        "--lowest-port",
+        &lowest,
+        "--highest-port",
+        &highest,
+    ]);
+    // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: NOFILE,
+                rlim_max: NOFILE,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut relay = RelayProcess::start_command(command);
+    relay.wait_for_log("serve at most 16 TCP/TLS connections");
+
+    // UDP allocations (a relay socket each) until the descriptors run out.
+    let mut clients = Vec::new();
+    loop {
+        assert!(clients.len() < 64, "more allocations than descriptors");
+        let (username, password) = credentials(&format!("user{}", clients.len()));
+        let mut client = common::Client::new(relay.addr, &username, &password);
+        let r = client.authenticated(
+            stun_codec::rfc5766::methods::ALLOCATE,
+            vec![Attribute::RequestedTransport(RequestedTransport::new(17))],
+        );
+        if r.class() != stun_codec::MessageClass::SuccessResponse {
+            assert_eq!(r.error_code(), Some(508));
+            break;
+        }
+        clients.push(client);
+    }
+    // The kernel completes this connection into the backlog; the relay cannot accept it.
+    let mut waiting = tcp_to(relay.addr);
+    let mut client = StreamClient::over(Box::new(waiting.try_clone().expect("clone")));
+    let binding = client.encode(BINDING, &[]);
+    waiting.write_all(&binding).expect("write");
+    waiting
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    assert!(
+        waiting.read(&mut byte).is_err(),
+        "answered while out of descriptors"
+    );
+    waiting.set_read_timeout(Some(WAIT)).expect("timeout");
+    relay.wait_for_log("cannot accept TCP connections");
+
+    // One allocation deleted frees a descriptor: the waiting connection is served.
+    let deleted = clients[0].authenticated(
+        stun_codec::rfc5766::methods::REFRESH,
+        vec![Attribute::Lifetime(Lifetime::from_u32(0))],
+    );
+    assert_eq!(deleted.class(), stun_codec::MessageClass::SuccessResponse);
+    let frame = client.read_frame();
+    assert_eq!(frame[8..20], binding[8..20], "the Binding answer");
 }

@@ -197,6 +197,15 @@ impl Server {
             .is_some()
     }
 
+    /// The transport of the client holding `allocation`, if it still exists: the driver ties
+    /// the relay sockets of a stream's allocation to its connection, to close the connection
+    /// when the allocation ends (expiry, Refresh 0) instead of leaving it open serving nothing.
+    pub fn allocation_transport(&self, allocation: AllocationId) -> Option<Transport> {
+        self.allocations
+            .get(allocation)
+            .map(|a| a.client().transport)
+    }
+
     fn handle_client_message(
         &mut self,
         now: Now,

@@ -7,7 +7,7 @@ use crate::core::counters::{RESPONSE_CODES, RESPONSE_METHODS};
 use crate::core::{Counters, Family, Gauges};
 
 use super::IoCounters;
-use super::stream::{Kind, StreamCounters};
+use super::stream::{Close, Kind, StreamCounters};
 
 pub(super) struct Snapshot<'a> {
     pub counters: &'a Counters,
@@ -302,35 +302,72 @@ fn render_transports(out: &mut String, s: &Snapshot) {
         out,
         "relay_connections_closed_total",
         "counter",
-        "Connections the relay closed, by transport and reason.",
+        "TCP and TLS connections closed, by transport and reason.",
     );
     for kind in Kind::ALL {
-        let k = kind as usize;
-        for (reason, value) in [
-            ("invalid_frame", c.closed_invalid[k]),
-            ("no_allocation", c.closed_no_allocation[k]),
-        ] {
+        for why in Close::ALL {
             let _ = writeln!(
                 out,
-                "relay_connections_closed_total{{transport=\"{}\",reason=\"{reason}\"}} {value}",
-                kind.label()
+                "relay_connections_closed_total{{transport=\"{}\",reason=\"{}\"}} {}",
+                kind.label(),
+                why.label(),
+                c.closed[kind as usize][why as usize]
             );
         }
     }
     header(
         out,
+        "relay_connections_pending",
+        "gauge",
+        "Open TCP and TLS connections without an allocation yet.",
+    );
+    let _ = writeln!(out, "relay_connections_pending {}", c.pending);
+    header(
+        out,
+        "relay_accept_failures_total",
+        "counter",
+        "accept() failures on TCP listeners (out of descriptors); the listener is retried.",
+    );
+    let _ = writeln!(out, "relay_accept_failures_total {}", c.accept_failed);
+    header(
+        out,
         "relay_tls_handshakes_total",
         "counter",
-        "TLS handshakes, by result.",
+        "TLS handshakes, by result, and for failed ones by why the connection closed.",
     );
-    for (result, value) in [
-        ("ok", c.tls_handshakes_ok),
-        ("failed", c.tls_handshakes_failed),
-        ("timeout", c.tls_handshakes_timed_out),
+    let _ = writeln!(
+        out,
+        "relay_tls_handshakes_total{{result=\"ok\"}} {}",
+        c.tls_handshakes_ok
+    );
+    for why in [
+        Close::Client,
+        Close::TlsError,
+        Close::HandshakeTimeout,
+        Close::NoAllocation,
+        Close::Evicted,
     ] {
         let _ = writeln!(
             out,
-            "relay_tls_handshakes_total{{result=\"{result}\"}} {value}"
+            "relay_tls_handshakes_total{{result=\"failed\",reason=\"{}\"}} {}",
+            why.label(),
+            c.tls_handshakes_failed[why as usize]
+        );
+    }
+    header(
+        out,
+        "relay_client_bytes_total",
+        "counter",
+        "Bytes of STUN and ChannelData from and to clients, by transport (TLS: plaintext; out: handed to the socket or queued).",
+    );
+    for (transport, bytes_in, bytes_out) in [
+        ("udp", s.io.udp_bytes_in, s.io.udp_bytes_out),
+        ("tcp", c.bytes_in[0], c.bytes_out[0]),
+        ("tls", c.bytes_in[1], c.bytes_out[1]),
+    ] {
+        let _ = writeln!(
+            out,
+            "relay_client_bytes_total{{transport=\"{transport}\",direction=\"in\"}} {bytes_in}\nrelay_client_bytes_total{{transport=\"{transport}\",direction=\"out\"}} {bytes_out}"
         );
     }
 }

@@ -51,6 +51,9 @@ enum Socket {
     Relay {
         allocation: AllocationId,
         socket: UdpSocket,
+        /// The connection (key, generation) whose allocation this is, for a stream client:
+        /// closing the relay socket ends the allocation, and the connection is closed too.
+        owner: Option<(usize, u64)>,
     },
     /// TURN over TCP, and over TLS when a certificate is set (stream.rs).
     TcpListener(mio::net::TcpListener),
@@ -86,6 +89,9 @@ pub struct IoCounters {
     /// Relayed datagrams the driver could not queue for sending (no such listener, or a
     /// frame outside its slot): bugs if ever non-zero, but counted, never silent.
     pub unsendable: u64,
+    /// Bytes of datagrams from UDP clients, and to them (sent or queued to send).
+    pub udp_bytes_in: u64,
+    pub udp_bytes_out: u64,
 }
 
 /// The mio loop: sockets, the core, and the queues between them.
@@ -284,6 +290,7 @@ impl Driver {
             let mut ready = std::mem::take(&mut self.ready);
             ready.clear();
             ready.append(&mut self.backlog);
+            self.due_accepts(now.instant, &mut ready);
             for event in events.iter() {
                 match event.token() {
                     SIGNAL_TOKEN => {
@@ -312,6 +319,7 @@ impl Driver {
                 }
             }
             self.ready = ready;
+            self.close_ended_connections(now);
             http_deadline = self
                 .http
                 .as_mut()
@@ -385,9 +393,9 @@ impl Driver {
     fn read_socket(&mut self, key: usize, now: Now) -> bool {
         let (fd, source) = match self.sockets.get(key) {
             Some(Socket::Listener { id, socket }) => (socket.as_raw_fd(), Source::Client(*id)),
-            Some(Socket::Relay { allocation, socket }) => {
-                (socket.as_raw_fd(), Source::Peer(*allocation))
-            }
+            Some(Socket::Relay {
+                allocation, socket, ..
+            }) => (socket.as_raw_fd(), Source::Peer(*allocation)),
             Some(Socket::TcpListener(_)) => return self.accept(key, now),
             Some(Socket::Connection(_)) => return self.read_connection(key, now),
             None => return false,
@@ -412,6 +420,7 @@ impl Driver {
             };
             match source {
                 Source::Client(listener) => {
+                    self.io.udp_bytes_in += len as u64;
                     // The core's ranges index the buffer it was given: here the datagram,
                     // which sits HEADROOM bytes into the slot.
                     let datagram = &slot[HEADROOM..HEADROOM + len];
@@ -436,6 +445,7 @@ impl Driver {
                             Transport::Udp(listener) => {
                                 match self.listeners.get(usize::from(listener.0)) {
                                     Some(&listener_key) => {
+                                        self.io.udp_bytes_out += range.len() as u64;
                                         self.batch.queue(i, range, listener_key, deliver.client)
                                     }
                                     None => false,
@@ -501,7 +511,9 @@ impl Driver {
                     let sent = self
                         .listener_socket(listener)
                         .map(|s| s.send_to(&bytes, client));
-                    if !matches!(sent, Some(Ok(_))) {
+                    if matches!(sent, Some(Ok(_))) {
+                        self.io.udp_bytes_out += bytes.len() as u64;
+                    } else {
                         self.io.send_failed += 1;
                     }
                 }
@@ -540,13 +552,23 @@ impl Driver {
         addr: SocketAddr,
         dont_fragment: bool,
     ) -> Result<RelayId, OpenError> {
+        let owner = match self.core.allocation_transport(allocation) {
+            Some(Transport::Stream(connection)) => self
+                .generation_of(connection.0)
+                .map(|generation| (connection.0, generation)),
+            _ => None,
+        };
         let bound = sockets::bind_udp(addr, dont_fragment).and_then(|mut socket| {
             let entry = self.sockets.vacant_entry();
             self.poll
                 .registry()
                 .register(&mut socket, Token(entry.key()), Interest::READABLE)?;
             let key = entry.key();
-            entry.insert(Socket::Relay { allocation, socket });
+            entry.insert(Socket::Relay {
+                allocation,
+                socket,
+                owner,
+            });
             Ok(key)
         });
         match bound {
@@ -563,8 +585,14 @@ impl Driver {
         if !matches!(self.sockets.get(relay.0), Some(Socket::Relay { .. })) {
             return;
         }
-        if let Some(Socket::Relay { mut socket, .. }) = self.sockets.try_remove(relay.0) {
+        if let Some(Socket::Relay {
+            mut socket, owner, ..
+        }) = self.sockets.try_remove(relay.0)
+        {
             let _ = self.poll.registry().deregister(&mut socket);
+            if let Some(owner) = owner {
+                self.allocation_ended(owner);
+            }
         }
     }
 

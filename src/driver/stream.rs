@@ -8,9 +8,9 @@
 //! loop never waits for it. When a TLS certificate is set, every TCP listener serves both:
 //! a first byte of 0x16 starts a TLS handshake, anything else is plain TURN over TCP.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Read};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
@@ -20,11 +20,14 @@ use mio::{Interest, Token};
 use super::tls::ReloadableConfig;
 use super::tls::connection::TlsConnection;
 
+mod admission;
 mod connection;
+mod deadlines;
 use super::{Driver, Socket};
 use crate::core::wire::stream_framing::{NextFrame, TLS_HANDSHAKE_FIRST_BYTE, next_frame};
 use crate::core::{ConnectionId, Now};
-pub(super) use connection::{Connection, Kind};
+use admission::{Admission, Admit, Limits};
+pub(super) use connection::{Close, Connection, Kind};
 use connection::{State, WRITE_LIMIT};
 
 /// One read from a socket: the slack a read buffer may hold beyond an incomplete frame.
@@ -48,7 +51,10 @@ pub struct StreamOptions {
     /// The certificate, if TLS is served.
     pub tls: Option<ReloadableConfig>,
     pub max_connections: usize,
+    /// Per IPv4 address, per IPv6 /64.
     pub max_connections_per_ip: usize,
+    /// Connections without an allocation yet (admission.rs).
+    pub max_pending_connections: usize,
     /// A connection without an allocation this long is closed.
     pub no_allocation_deadline: Duration,
     /// A TLS handshake not done by then is abandoned.
@@ -63,7 +69,8 @@ impl Default for StreamOptions {
             tls: None,
             max_connections: 10_000,
             max_connections_per_ip: 1_000,
-            no_allocation_deadline: Duration::from_secs(30),
+            max_pending_connections: 2_000,
+            no_allocation_deadline: Duration::from_secs(10),
             handshake_deadline: Duration::from_secs(10),
         }
     }
@@ -77,18 +84,23 @@ pub struct StreamCounters {
     /// Connections refused: over the total limit, over the per-address limit.
     pub refused_total: u64,
     pub refused_per_ip: u64,
-    /// Connections closed because their bytes cannot start a frame, by kind.
-    pub closed_invalid: [u64; 2],
-    /// Connections closed without an allocation at the deadline, by kind.
-    pub closed_no_allocation: [u64; 2],
-    /// TLS handshakes completed, failed (bad records, alerts) and timed out.
+    /// Connections closed, by kind and `Close` reason.
+    pub closed: [[u64; Close::COUNT]; 2],
+    /// TLS handshakes completed.
     pub tls_handshakes_ok: u64,
-    pub tls_handshakes_failed: u64,
-    pub tls_handshakes_timed_out: u64,
+    /// TLS handshakes not completed, by the `Close` reason of their connection.
+    pub tls_handshakes_failed: [u64; Close::COUNT],
     /// Frames dropped because the client's write queue was full, by kind.
     pub write_queue_full: [u64; 2],
     /// Open connections right now, by kind.
     pub open: [usize; 2],
+    /// Open connections without an allocation yet.
+    pub pending: usize,
+    /// Bytes of frames received from clients and queued for them (over TLS: plaintext), by kind.
+    pub bytes_in: [u64; 2],
+    pub bytes_out: [u64; 2],
+    /// accept() failures other than "no connection waiting" (out of descriptors).
+    pub accept_failed: u64,
 }
 
 /// A deadline of one connection (its slab key and generation: the key may be reused).
@@ -102,14 +114,21 @@ struct Due {
 /// The stream side's state outside the slab.
 pub(super) struct Streams {
     options: StreamOptions,
-    per_ip: BTreeMap<IpAddr, usize>,
-    total: usize,
+    admission: Admission,
     next_generation: u64,
     /// Deadlines in creation order: every entry is `created + a constant`, so each queue is
-    /// sorted and expiry looks only at its front.
+    /// sorted and expiry looks only at its front. `pending_due` holds every connection
+    /// still without an allocation: its front is also the oldest one to evict.
     handshake_due: VecDeque<Due>,
-    allocation_due: VecDeque<Due>,
+    pending_due: VecDeque<Due>,
     handshakes_this_turn: usize,
+    /// Listeners whose accept failed (out of descriptors), retried at `accept_retry_at`:
+    /// mio is edge-triggered, so the connections waiting in their backlog would otherwise
+    /// wait until yet another one arrives.
+    starved: Vec<usize>,
+    accept_retry_at: Option<Instant>,
+    /// Connections whose allocation ended this turn (key, generation), closed at its end.
+    ended: Vec<(usize, u64)>,
     /// One read of ciphertext or plaintext; taken out while in use.
     scratch: Box<[u8]>,
     plain: Box<[u8]>,
@@ -118,14 +137,21 @@ pub(super) struct Streams {
 
 impl Streams {
     pub(super) fn new(options: StreamOptions) -> Streams {
+        let limits = Limits {
+            total: options.max_connections,
+            per_source: options.max_connections_per_ip,
+            pending: options.max_pending_connections,
+        };
         Streams {
             options,
-            per_ip: BTreeMap::new(),
-            total: 0,
+            admission: Admission::new(limits),
             next_generation: 0,
             handshake_due: VecDeque::new(),
-            allocation_due: VecDeque::new(),
+            pending_due: VecDeque::new(),
             handshakes_this_turn: 0,
+            starved: Vec::new(),
+            accept_retry_at: None,
+            ended: Vec::new(),
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             plain: vec![0; READ_CHUNK].into_boxed_slice(),
             counters: StreamCounters::default(),
@@ -136,14 +162,16 @@ impl Streams {
         &self.options
     }
 
-    /// The earliest connection deadline.
+    /// The earliest connection deadline, or accept retry.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        let a = self.handshake_due.front().map(|d| d.at);
-        let b = self.allocation_due.front().map(|d| d.at);
-        match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.handshake_due.front().map(|d| d.at),
+            self.pending_due.front().map(|d| d.at),
+            self.accept_retry_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// A new loop turn: the handshake budget is full again.
@@ -173,8 +201,11 @@ pub(super) fn send_frame(
     let Some(Socket::Connection(conn)) = sockets.get_mut(key) else {
         return false;
     };
-    if !conn.send(frame) {
-        streams.counters.write_queue_full[conn.kind() as usize] += 1;
+    let kind = conn.kind() as usize;
+    if conn.send(frame) {
+        streams.counters.bytes_out[kind] += frame.len() as u64;
+    } else {
+        streams.counters.write_queue_full[kind] += 1;
     }
     true
 }
@@ -202,29 +233,45 @@ impl Driver {
             let (stream, peer) = match listener.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                // A connection reset before accept: the next one may be fine.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::Interrupted | ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue;
+                }
                 Err(e) => {
-                    // Out of descriptors (EMFILE) or a connection reset before accept.
-                    debug!("accept on {key}: {e}");
+                    // Out of descriptors (EMFILE, ENFILE) or memory: try again soon.
+                    self.accept_failed(key, now.instant, &e);
                     return false;
                 }
             };
-            self.add_connection(stream, peer, now.instant);
+            self.add_connection(stream, peer, now);
         }
         true
     }
 
-    fn add_connection(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
+    fn add_connection(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Now) {
+        match self.streams.admission.admit(peer.ip()) {
+            Admit::Yes => {}
+            Admit::EvictOldestPending => {
+                if !self.evict_oldest_pending(now) {
+                    self.streams.counters.refused_total += 1;
+                    return;
+                }
+            }
+            Admit::RefusePerSource => {
+                self.streams.counters.refused_per_ip += 1;
+                return;
+            }
+            Admit::RefuseTotal => {
+                self.streams.counters.refused_total += 1;
+                return;
+            }
+        }
         let streams = &mut self.streams;
-        if streams.total >= streams.options.max_connections {
-            streams.counters.refused_total += 1;
-            return;
-        }
-        let from_ip = streams.per_ip.get(&peer.ip()).copied().unwrap_or(0);
-        if from_ip >= streams.options.max_connections_per_ip {
-            streams.counters.refused_per_ip += 1;
-            return;
-        }
         let _ = stream.set_nodelay(true);
         let entry = self.sockets.vacant_entry();
         let key = entry.key();
@@ -236,19 +283,19 @@ impl Driver {
             warn!("cannot register a connection from {peer}: {e}");
             return;
         }
-        streams.per_ip.insert(peer.ip(), from_ip + 1);
-        streams.total += 1;
+        streams.admission.opened(peer.ip());
+        streams.counters.pending = streams.admission.pending();
         streams.next_generation += 1;
         let generation = streams.next_generation;
         streams.counters.accepted += 1;
         streams.counters.open[Kind::Tcp as usize] += 1;
         let due = |after| Due {
-            at: now + after,
+            at: now.instant + after,
             key,
             generation,
         };
         streams
-            .allocation_due
+            .pending_due
             .push_back(due(streams.options.no_allocation_deadline));
         if streams.options.tls.is_some() {
             streams
@@ -259,11 +306,13 @@ impl Driver {
             stream,
             peer,
             generation,
+            pending: true,
             state: State::Undecided,
             read: Vec::new(),
             write: Vec::new(),
             written: 0,
         })));
+        self.compact_deadlines();
     }
 
     /// Writes what waits, then reads up to a turn's budget; true if more may wait.
@@ -274,7 +323,7 @@ impl Driver {
                 return false;
             };
             if conn.flush().is_err() {
-                self.close_connection(key, now);
+                self.close_connection(key, now, Close::Client);
                 return false;
             }
             if conn.may_cost_a_handshake_step(tls_enabled) {
@@ -287,14 +336,14 @@ impl Driver {
             let read = conn.stream.read(&mut scratch);
             let more = match read {
                 Ok(0) => {
-                    self.close_connection(key, now);
+                    self.close_connection(key, now, Close::Client);
                     false
                 }
                 Ok(n) => self.received(key, now, &scratch[..n]),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => false,
                 Err(e) if e.kind() == ErrorKind::Interrupted => true,
                 Err(_) => {
-                    self.close_connection(key, now);
+                    self.close_connection(key, now, Close::Client);
                     false
                 }
             };
@@ -326,7 +375,7 @@ impl Driver {
                     self.streams.counters.open[Kind::Tls as usize] += 1;
                 }
                 Some(Err(_)) => {
-                    self.close_connection(key, now);
+                    self.close_connection(key, now, Close::TlsError);
                     return false;
                 }
             }
@@ -349,10 +398,7 @@ impl Driver {
                 Err(e) => {
                     debug!("TLS from {}: {e}", conn.peer);
                     let _ = tls.write_ciphertext(&mut conn.stream);
-                    if was_handshaking {
-                        self.streams.counters.tls_handshakes_failed += 1;
-                    }
-                    self.close_connection(key, now);
+                    self.close_connection(key, now, Close::TlsError);
                     break false;
                 }
             };
@@ -366,7 +412,7 @@ impl Driver {
                 break false;
             }
             if received.peer_closed {
-                self.close_connection(key, now);
+                self.close_connection(key, now, Close::Client);
                 break false;
             }
             if rest.is_empty() && n == 0 {
@@ -374,7 +420,7 @@ impl Driver {
             }
             if received.consumed == 0 && n == 0 {
                 // rustls took nothing and gave nothing: cannot progress.
-                self.close_connection(key, now);
+                self.close_connection(key, now, Close::TlsError);
                 break false;
             }
         };
@@ -389,6 +435,7 @@ impl Driver {
             return false;
         };
         let (peer, kind) = (conn.peer, conn.kind());
+        self.streams.counters.bytes_in[kind as usize] += bytes.len() as u64;
         let mut pending = std::mem::take(&mut conn.read);
         let result = if pending.is_empty() {
             // The common case: whole frames straight from the read, no copy.
@@ -402,8 +449,7 @@ impl Driver {
             })
         };
         if result.is_err() {
-            self.streams.counters.closed_invalid[kind as usize] += 1;
-            self.close_connection(key, now);
+            self.close_connection(key, now, Close::InvalidFrame);
             return false;
         }
         let Some(Socket::Connection(conn)) = self.sockets.get_mut(key) else {
@@ -438,6 +484,7 @@ impl Driver {
                         }
                     }
                     self.drain_outputs(now);
+                    self.note_allocation(key, peer);
                     used += frame.frame_len;
                 }
                 NextFrame::Incomplete { .. } => return Ok(used),
@@ -446,82 +493,52 @@ impl Driver {
         }
     }
 
+    /// A pending connection that now holds an allocation leaves the pending pool (only
+    /// pending connections pay this look-up: a few frames each).
+    fn note_allocation(&mut self, key: usize, peer: SocketAddr) {
+        if let Some(Socket::Connection(conn)) = self.sockets.get_mut(key)
+            && conn.pending
+            && self.core.has_stream_allocation(ConnectionId(key), peer)
+        {
+            conn.pending = false;
+            self.streams.admission.allocated();
+            self.streams.counters.pending = self.streams.admission.pending();
+        }
+    }
+
     /// Closes connection `key`: its allocation goes with it.
-    pub(super) fn close_connection(&mut self, key: usize, now: Now) {
+    pub(super) fn close_connection(&mut self, key: usize, now: Now, why: Close) {
         if !matches!(self.sockets.get(key), Some(Socket::Connection(_))) {
             return;
         }
         let Some(Socket::Connection(mut conn)) = self.sockets.try_remove(key) else {
             return;
         };
+        let handshaking = conn.is_handshaking();
         if let State::Tls(tls) = &mut conn.state {
             tls.close();
             let _ = tls.write_ciphertext(&mut conn.stream);
         }
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let streams = &mut self.streams;
-        streams.total -= 1;
-        streams.counters.open[conn.kind() as usize] -= 1;
-        if let Some(count) = streams.per_ip.get_mut(&conn.peer.ip()) {
-            *count -= 1;
-            if *count == 0 {
-                streams.per_ip.remove(&conn.peer.ip());
-            }
+        let kind = conn.kind() as usize;
+        streams.counters.open[kind] -= 1;
+        streams.counters.closed[kind][why as usize] += 1;
+        if handshaking {
+            streams.counters.tls_handshakes_failed[why as usize] += 1;
+        }
+        streams.admission.closed(conn.peer.ip(), conn.pending);
+        streams.counters.pending = streams.admission.pending();
+        if !streams.starved.is_empty() {
+            // A descriptor is free: a starved listener may accept again.
+            streams.accept_retry_at = Some(now.instant);
         }
         self.core
             .handle_connection_closed(now, ConnectionId(key), conn.peer);
         self.drain_outputs(now);
     }
 
-    /// Closes the connections past a deadline. (A write error is not handled where it
-    /// happens, in the middle of draining outputs: the socket reports it again as readable
-    /// and the read closes the connection.)
-    pub(super) fn expire_connections(&mut self, now: Now) {
-        while let Some(due) = self.streams.handshake_due.front().copied() {
-            if due.at > now.instant {
-                break;
-            }
-            self.streams.handshake_due.pop_front();
-            if self.generation_of(due.key) != Some(due.generation) {
-                continue;
-            }
-            if let Some(Socket::Connection(conn)) = self.sockets.get(due.key)
-                && conn.is_handshaking()
-            {
-                self.streams.counters.tls_handshakes_timed_out += 1;
-                self.close_connection(due.key, now);
-            }
-        }
-        while let Some(due) = self.streams.allocation_due.front().copied() {
-            if due.at > now.instant {
-                break;
-            }
-            self.streams.allocation_due.pop_front();
-            if self.generation_of(due.key) != Some(due.generation) {
-                continue;
-            }
-            let Some(Socket::Connection(conn)) = self.sockets.get(due.key) else {
-                continue;
-            };
-            if self
-                .core
-                .has_stream_allocation(ConnectionId(due.key), conn.peer)
-            {
-                // Check again one period on: an allocation may be deleted while the
-                // connection stays. Entries stay in deadline order (now + a constant).
-                let again = Due {
-                    at: now.instant + self.streams.options.no_allocation_deadline,
-                    ..due
-                };
-                self.streams.allocation_due.push_back(again);
-            } else {
-                self.streams.counters.closed_no_allocation[conn.kind() as usize] += 1;
-                self.close_connection(due.key, now);
-            }
-        }
-    }
-
-    fn generation_of(&self, key: usize) -> Option<u64> {
+    pub(super) fn generation_of(&self, key: usize) -> Option<u64> {
         match self.sockets.get(key) {
             Some(Socket::Connection(conn)) => Some(conn.generation),
             _ => None,

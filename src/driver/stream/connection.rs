@@ -30,6 +30,51 @@ impl Kind {
     }
 }
 
+/// Why a connection closed: counted by transport, and for a TLS handshake not done, as its
+/// failure reason (found by review: abandoned handshakes were counted nowhere).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Close {
+    /// The client closed it, reset it, or a read or write failed.
+    Client,
+    /// Bytes that cannot start a frame.
+    InvalidFrame,
+    /// A TLS error (bad records, an alert).
+    TlsError,
+    /// The TLS handshake was not done by its deadline.
+    HandshakeTimeout,
+    /// No allocation by the deadline.
+    NoAllocation,
+    /// Closed, still without an allocation, to make room for a new connection.
+    Evicted,
+    /// Its allocation ended (expiry, Refresh 0): the connection serves nothing more.
+    AllocationEnded,
+}
+
+impl Close {
+    pub(crate) const COUNT: usize = 7;
+    pub(crate) const ALL: [Close; Close::COUNT] = [
+        Close::Client,
+        Close::InvalidFrame,
+        Close::TlsError,
+        Close::HandshakeTimeout,
+        Close::NoAllocation,
+        Close::Evicted,
+        Close::AllocationEnded,
+    ];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Close::Client => "client",
+            Close::InvalidFrame => "invalid_frame",
+            Close::TlsError => "tls_error",
+            Close::HandshakeTimeout => "timeout",
+            Close::NoAllocation => "no_allocation",
+            Close::Evicted => "evicted",
+            Close::AllocationEnded => "allocation_ended",
+        }
+    }
+}
+
 pub(super) enum State {
     /// No byte read yet: TLS or plain is decided by the first one.
     Undecided,
@@ -41,6 +86,8 @@ pub(crate) struct Connection {
     pub(super) stream: TcpStream,
     pub(super) peer: SocketAddr,
     pub(super) generation: u64,
+    /// No allocation yet: counted against the pending limit, closed at its deadline.
+    pub(super) pending: bool,
     pub(super) state: State,
     /// The start of a frame not yet complete.
     pub(super) read: Vec<u8>,
