@@ -917,3 +917,84 @@ fn connections_waiting_while_out_of_descriptors_are_served_once_one_is_free() {
     let frame = client.read_frame();
     assert_eq!(frame[8..20], binding[8..20], "the Binding answer");
 }
+
+/// Client bytes and the core's drops of client messages, by the transport they came over.
+#[test]
+fn bytes_and_drops_are_counted_by_transport() {
+    let pki = Pki::new();
+    pki.write_server();
+    let mut relay = start_tls(&pki, &[]);
+    let addr = relay.metrics_addr();
+    let series = |name: &str, transport: &str, label: &str| {
+        format!("{name}{{transport=\"{transport}\",{label}}}")
+    };
+    // ChannelData without an allocation, once over each transport: dropped, counted there.
+    let unbound = channel_data(b"abc");
+    let mut expected_bytes = Vec::new();
+    for transport in ["tcp", "tls"] {
+        let mut client = if transport == "tcp" {
+            StreamClient::tcp(relay.addr)
+        } else {
+            StreamClient::tls(relay.addr, &pki)
+        };
+        client.io.write_all(&unbound).expect("write");
+        let request_len = client.encode(BINDING, &[]).len();
+        let answer = client.request(BINDING, &[]);
+        assert_eq!(answer.class(), Class::Success);
+        expected_bytes.push((
+            transport,
+            (unbound.len() + request_len) as u64,
+            answer.bytes.len() as u64,
+        ));
+    }
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let datagram = common::channel_data(0x4001, b"abc");
+    udp.send_to(&datagram, relay.addr).expect("send");
+    let reason = "reason=\"channel_data_no_allocation\"";
+    wait_metric(
+        &mut relay,
+        &series("relay_client_drops_total", "udp", reason),
+        1,
+    );
+    let metrics = scrape(addr);
+    for (transport, bytes_in, bytes_out) in expected_bytes {
+        assert_eq!(
+            metric(
+                &metrics,
+                &series("relay_client_drops_total", transport, reason)
+            ),
+            1,
+            "{transport}"
+        );
+        assert_eq!(
+            metric(
+                &metrics,
+                &series("relay_client_bytes_total", transport, "direction=\"in\"")
+            ),
+            bytes_in,
+            "{transport} in"
+        );
+        assert_eq!(
+            metric(
+                &metrics,
+                &series("relay_client_bytes_total", transport, "direction=\"out\"")
+            ),
+            bytes_out,
+            "{transport} out"
+        );
+    }
+    assert_eq!(
+        metric(
+            &metrics,
+            "relay_drops_total{reason=\"channel_data_no_allocation\"}"
+        ),
+        3
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            &series("relay_client_bytes_total", "udp", "direction=\"in\"")
+        ),
+        datagram.len() as u64
+    );
+}

@@ -7,7 +7,7 @@ use crate::core::counters::{RESPONSE_CODES, RESPONSE_METHODS};
 use crate::core::{Counters, Family, Gauges};
 
 use super::IoCounters;
-use super::stream::{Close, Kind, StreamCounters};
+use super::stream::{CLIENT_DROP_REASONS, ClientDrops, Close, Kind, StreamCounters};
 
 pub(super) struct Snapshot<'a> {
     pub counters: &'a Counters,
@@ -136,6 +136,7 @@ pub(super) fn render(s: &Snapshot) -> String {
             s.streams.write_queue_full[kind as usize]
         );
     }
+    render_client_drops(&mut out, s);
     render_transports(&mut out, s);
 
     header(
@@ -368,6 +369,34 @@ fn render_transports(out: &mut String, s: &Snapshot) {
         let _ = writeln!(
             out,
             "relay_client_bytes_total{{transport=\"{transport}\",direction=\"in\"}} {bytes_in}\nrelay_client_bytes_total{{transport=\"{transport}\",direction=\"out\"}} {bytes_out}"
+        );
+    }
+}
+
+/// Drops of client messages (and of frames to clients) by the transport they came over.
+fn render_client_drops(out: &mut String, s: &Snapshot) {
+    header(
+        out,
+        "relay_client_drops_total",
+        "counter",
+        "Client messages dropped without an answer, and frames to clients dropped, by transport and reason.",
+    );
+    let streams = &s.streams.client_drops;
+    let udp = ClientDrops::of(s.counters).minus(streams);
+    for (transport, drops) in [("udp", &udp), ("tcp", &streams[0]), ("tls", &streams[1])] {
+        for (reason, value) in CLIENT_DROP_REASONS.iter().zip(drops.0) {
+            let _ = writeln!(
+                out,
+                "relay_client_drops_total{{transport=\"{transport}\",reason=\"{reason}\"}} {value}"
+            );
+        }
+    }
+    for kind in Kind::ALL {
+        let _ = writeln!(
+            out,
+            "relay_client_drops_total{{transport=\"{}\",reason=\"write_queue_full\"}} {}",
+            kind.label(),
+            s.streams.write_queue_full[kind as usize]
         );
     }
 }

@@ -23,12 +23,15 @@ use super::tls::connection::TlsConnection;
 mod admission;
 mod connection;
 mod deadlines;
+mod drops;
 use super::{Driver, Socket};
 use crate::core::wire::stream_framing::{NextFrame, TLS_HANDSHAKE_FIRST_BYTE, next_frame};
 use crate::core::{ConnectionId, Now};
 use admission::{Admission, Admit, Limits};
 pub(super) use connection::{Close, Connection, Kind};
 use connection::{State, WRITE_LIMIT};
+pub use drops::ClientDrops;
+pub(super) use drops::REASONS as CLIENT_DROP_REASONS;
 
 /// One read from a socket: the slack a read buffer may hold beyond an incomplete frame.
 const READ_CHUNK: usize = 16 * 1024;
@@ -101,6 +104,8 @@ pub struct StreamCounters {
     pub bytes_out: [u64; 2],
     /// accept() failures other than "no connection waiting" (out of descriptors).
     pub accept_failed: u64,
+    /// The core's drops of messages that came over each stream transport, by kind.
+    pub client_drops: [ClientDrops; 2],
 }
 
 /// A deadline of one connection (its slab key and generation: the key may be reused).
@@ -469,10 +474,15 @@ impl Driver {
             match next_frame(&buf[used..]) {
                 NextFrame::Complete(frame) => {
                     let message = &buf[used..used + frame.message_len];
-                    if let Some(forward) =
+                    let before = ClientDrops::of(self.core.counters());
+                    let forwarded =
                         self.core
-                            .handle_stream_frame(now, ConnectionId(key), peer, message)
-                    {
+                            .handle_stream_frame(now, ConnectionId(key), peer, message);
+                    let after = ClientDrops::of(self.core.counters());
+                    if after != before {
+                        self.count_client_drops(key, &before, &after);
+                    }
+                    if let Some(forward) = forwarded {
                         let sent = match self.sockets.get(forward.relay.0) {
                             Some(Socket::Relay { socket, .. }) => socket
                                 .send_to(&message[forward.payload], forward.peer)
@@ -490,6 +500,12 @@ impl Driver {
                 NextFrame::Incomplete { .. } => return Ok(used),
                 NextFrame::Invalid(_) => return Err(()),
             }
+        }
+    }
+
+    fn count_client_drops(&mut self, key: usize, before: &ClientDrops, after: &ClientDrops) {
+        if let Some(Socket::Connection(conn)) = self.sockets.get(key) {
+            self.streams.counters.client_drops[conn.kind() as usize].add_growth(before, after);
         }
     }
 
