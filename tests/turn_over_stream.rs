@@ -998,3 +998,44 @@ fn bytes_and_drops_are_counted_by_transport() {
         datagram.len() as u64
     );
 }
+
+/// Datagrams for one stream client that arrive together leave in few write calls, not one
+/// each: the relay is stopped while a burst waits in its relay socket, then read in batches.
+fn burst_write_calls(relay: &mut RelayProcess, mut client: StreamClient, transport: &str) -> u64 {
+    const BURST: usize = 128;
+    let relayed = client.allocate();
+    let peer = peer();
+    client.channel_bind(peer.local_addr().expect("peer addr"));
+    let series = format!("relay_connection_write_calls_total{{transport=\"{transport}\"}}");
+    let before = metric(&scrape(relay.metrics_addr()), &series);
+    signal(relay, libc::SIGSTOP);
+    for i in 0..BURST {
+        peer.send_to(&[i as u8; 100], relayed).expect("peer sends");
+    }
+    signal(relay, libc::SIGCONT);
+    for i in 0..BURST {
+        assert_eq!(
+            client.read_frame(),
+            channel_data(&[i as u8; 100]),
+            "frame {i}"
+        );
+    }
+    let writes = metric(&scrape(relay.metrics_addr()), &series) - before;
+    eprintln!("{transport}: {BURST} frames in {writes} write calls");
+    writes
+}
+
+#[test]
+fn a_burst_for_one_stream_client_leaves_in_few_write_calls() {
+    let pki = Pki::new();
+    pki.write_server();
+    let mut relay = start_tls(&pki, &[]);
+    let tcp = StreamClient::tcp(relay.addr);
+    let tcp_writes = burst_write_calls(&mut relay, tcp, "tcp");
+    let tls = StreamClient::tls(relay.addr, &pki);
+    let tls_writes = burst_write_calls(&mut relay, tls, "tls");
+    // The relay reads 64 datagrams per recvmmsg: two batches, a write each (or a few more
+    // when the kernel does not hand the whole burst at once).
+    assert!(tcp_writes <= 8, "{tcp_writes} write calls over TCP");
+    assert!(tls_writes <= 8, "{tls_writes} write calls over TLS");
+}

@@ -318,6 +318,20 @@ fn render_transports(out: &mut String, s: &Snapshot) {
     }
     header(
         out,
+        "relay_connection_write_calls_total",
+        "counter",
+        "write/writev system calls that sent frames to TCP and TLS clients.",
+    );
+    for kind in Kind::ALL {
+        let _ = writeln!(
+            out,
+            "relay_connection_write_calls_total{{transport=\"{}\"}} {}",
+            kind.label(),
+            c.write_calls[kind as usize]
+        );
+    }
+    header(
+        out,
         "relay_connections_pending",
         "gauge",
         "Open TCP and TLS connections without an allocation yet.",

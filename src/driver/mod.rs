@@ -317,9 +317,12 @@ impl Driver {
                 if self.read_socket(key, now) {
                     self.backlog.push(key);
                 }
+                // What this socket's batch queued for stream clients: one write each.
+                self.flush_connections();
             }
             self.ready = ready;
             self.close_ended_connections(now);
+            self.flush_connections();
             http_deadline = self
                 .http
                 .as_mut()

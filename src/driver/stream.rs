@@ -24,6 +24,7 @@ mod admission;
 mod connection;
 mod deadlines;
 mod drops;
+mod writes;
 use super::{Driver, Socket};
 use crate::core::wire::stream_framing::{NextFrame, TLS_HANDSHAKE_FIRST_BYTE, next_frame};
 use crate::core::{ConnectionId, Now};
@@ -32,6 +33,7 @@ pub(super) use connection::{Close, Connection, Kind};
 use connection::{State, WRITE_LIMIT};
 pub use drops::ClientDrops;
 pub(super) use drops::REASONS as CLIENT_DROP_REASONS;
+pub(super) use writes::send_frame;
 
 /// One read from a socket: the slack a read buffer may hold beyond an incomplete frame.
 const READ_CHUNK: usize = 16 * 1024;
@@ -104,6 +106,8 @@ pub struct StreamCounters {
     pub bytes_out: [u64; 2],
     /// accept() failures other than "no connection waiting" (out of descriptors).
     pub accept_failed: u64,
+    /// write/writev calls that sent queued frames to clients, by kind.
+    pub write_calls: [u64; 2],
     /// The core's drops of messages that came over each stream transport, by kind.
     pub client_drops: [ClientDrops; 2],
 }
@@ -132,6 +136,8 @@ pub(super) struct Streams {
     /// wait until yet another one arrives.
     starved: Vec<usize>,
     accept_retry_at: Option<Instant>,
+    /// Connections with frames queued since their last flush (`flush_connections`).
+    unflushed: Vec<usize>,
     /// Connections whose allocation ended this turn (key, generation), closed at its end.
     ended: Vec<(usize, u64)>,
     /// One read of ciphertext or plaintext; taken out while in use.
@@ -157,6 +163,7 @@ impl Streams {
             starved: Vec::new(),
             accept_retry_at: None,
             ended: Vec::new(),
+            unflushed: Vec::new(),
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             plain: vec![0; READ_CHUNK].into_boxed_slice(),
             counters: StreamCounters::default(),
@@ -194,25 +201,6 @@ impl Streams {
             Err(e) => log::error!("SIGHUP: {e}; keeping the current certificate"),
         }
     }
-}
-
-/// Queues `frame` on connection `key` (a response or a relayed datagram); counts a drop.
-pub(super) fn send_frame(
-    sockets: &mut slab::Slab<Socket>,
-    streams: &mut Streams,
-    key: usize,
-    frame: &[u8],
-) -> bool {
-    let Some(Socket::Connection(conn)) = sockets.get_mut(key) else {
-        return false;
-    };
-    let kind = conn.kind() as usize;
-    if conn.send(frame) {
-        streams.counters.bytes_out[kind] += frame.len() as u64;
-    } else {
-        streams.counters.write_queue_full[kind] += 1;
-    }
-    true
 }
 
 impl Driver {
@@ -312,6 +300,7 @@ impl Driver {
             peer,
             generation,
             pending: true,
+            unflushed: false,
             state: State::Undecided,
             read: Vec::new(),
             write: Vec::new(),
@@ -327,7 +316,8 @@ impl Driver {
             let Some(Socket::Connection(conn)) = self.sockets.get_mut(key) else {
                 return false;
             };
-            if conn.flush().is_err() {
+            let writes = &mut self.streams.counters.write_calls[conn.kind() as usize];
+            if conn.flush(writes).is_err() {
                 self.close_connection(key, now, Close::Client);
                 return false;
             }
@@ -531,6 +521,8 @@ impl Driver {
             return;
         };
         let handshaking = conn.is_handshaking();
+        // What was queued for it this turn (an answer before the frame that closes it).
+        let _ = conn.flush(&mut self.streams.counters.write_calls[conn.kind() as usize]);
         if let State::Tls(tls) = &mut conn.state {
             tls.close();
             let _ = tls.write_ciphertext(&mut conn.stream);

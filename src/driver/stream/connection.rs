@@ -1,7 +1,7 @@
 //! One client connection: its socket, TLS or not, the start of an incomplete frame, and its
 //! bounded write queue.
 
-use std::io::{self, ErrorKind, Write};
+use std::io::{self, ErrorKind, IoSlice, Write};
 use std::net::SocketAddr;
 
 use mio::net::TcpStream;
@@ -11,6 +11,9 @@ use crate::driver::tls::connection::TlsConnection;
 /// Bytes of frames queued for one client that is slow to read (about 50 maximal media
 /// datagrams): beyond it frames are dropped, so a stalled client costs this much at most.
 pub(super) const WRITE_LIMIT: usize = 64 * 1024;
+
+/// Write queue capacity kept once it is empty.
+const KEEP_WRITE_CAPACITY: usize = 4096;
 
 /// The two stream transports, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +91,8 @@ pub(crate) struct Connection {
     pub(super) generation: u64,
     /// No allocation yet: counted against the pending limit, closed at its deadline.
     pub(super) pending: bool,
+    /// Frames were queued since the last flush (the key is in `Streams::unflushed`).
+    pub(super) unflushed: bool,
     pub(super) state: State,
     /// The start of a frame not yet complete.
     pub(super) read: Vec<u8>,
@@ -116,44 +121,33 @@ impl Connection {
         self.is_handshaking() || (tls_enabled && matches!(self.state, State::Undecided))
     }
 
-    /// Queues one whole frame, or refuses it when the client is too slow (false). Errors
-    /// are left for the next read (the socket reports them again).
+    /// Queues one whole frame, or refuses it when the client is too slow (false). Nothing
+    /// is written here: `flush` writes all a turn queued in one call (a burst of datagrams
+    /// for one client costs one write/writev, not one each).
     pub(super) fn send(&mut self, frame: &[u8]) -> bool {
         match &mut self.state {
-            State::Tls(tls) => {
-                if !tls.queue_plaintext(frame) {
-                    return false;
-                }
-                let _ = tls.write_ciphertext(&mut self.stream);
-                true
-            }
+            State::Tls(tls) => tls.queue_plaintext(frame),
             State::Tcp | State::Undecided => {
                 if self.write.len() - self.written + frame.len() > WRITE_LIMIT {
                     return false;
                 }
-                if self.written == self.write.len() {
-                    self.write.clear();
-                    self.written = 0;
-                    match self.stream.write(frame) {
-                        Ok(n) if n == frame.len() => return true,
-                        Ok(n) => self.write.extend_from_slice(&frame[n..]),
-                        Err(_) => self.write.extend_from_slice(frame),
-                    }
-                } else {
-                    self.write.extend_from_slice(frame);
-                }
+                self.write.extend_from_slice(frame);
                 true
             }
         }
     }
 
-    /// Writes what is queued until done or the socket would block.
-    pub(super) fn flush(&mut self) -> io::Result<()> {
+    /// Writes what is queued until done or the socket would block; counts the write calls.
+    pub(super) fn flush(&mut self, writes: &mut u64) -> io::Result<()> {
+        let mut out = Counted {
+            stream: &mut self.stream,
+            calls: writes,
+        };
         match &mut self.state {
-            State::Tls(tls) => tls.write_ciphertext(&mut self.stream).map(|_| ()),
+            State::Tls(tls) => tls.write_ciphertext(&mut out).map(|_| ()),
             State::Tcp | State::Undecided => {
                 while self.written < self.write.len() {
-                    match self.stream.write(&self.write[self.written..]) {
+                    match out.write(&self.write[self.written..]) {
                         Ok(0) => return Err(ErrorKind::WriteZero.into()),
                         Ok(n) => self.written += n,
                         Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -164,12 +158,36 @@ impl Connection {
                 if self.written == self.write.len() {
                     self.write.clear();
                     self.written = 0;
-                    if self.write.capacity() > WRITE_LIMIT {
+                    // An idle connection keeps a small queue (a few frames: no allocation
+                    // per turn for a steady flow), not what a burst needed.
+                    if self.write.capacity() > KEEP_WRITE_CAPACITY {
                         self.write = Vec::new();
                     }
                 }
                 Ok(())
             }
         }
+    }
+}
+
+/// A connection's socket that counts the write calls (syscalls) made on it.
+struct Counted<'a> {
+    stream: &'a mut TcpStream,
+    calls: &'a mut u64,
+}
+
+impl Write for Counted<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        *self.calls += 1;
+        self.stream.write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        *self.calls += 1;
+        self.stream.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
