@@ -916,6 +916,13 @@ fn connections_waiting_while_out_of_descriptors_are_served_once_one_is_free() {
     assert_eq!(deleted.class(), stun_codec::MessageClass::SuccessResponse);
     let frame = client.read_frame();
     assert_eq!(frame[8..20], binding[8..20], "the Binding answer");
+    relay.wait_for_log("accepting TCP connections again");
+    let warnings = relay
+        .seen
+        .iter()
+        .filter(|l| l.contains("cannot accept TCP connections"))
+        .count();
+    assert_eq!(warnings, 1, "one warning per episode, not per retry");
 }
 
 /// Client bytes and the core's drops of client messages, by the transport they came over.

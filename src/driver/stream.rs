@@ -136,6 +136,8 @@ pub(super) struct Streams {
     /// wait until yet another one arrives.
     starved: Vec<usize>,
     accept_retry_at: Option<Instant>,
+    /// An accept failed and none succeeded since (logged once per episode).
+    accept_failing: bool,
     /// Connections with frames queued since their last flush (`flush_connections`).
     unflushed: Vec<usize>,
     /// Connections whose allocation ended this turn (key, generation), closed at its end.
@@ -162,6 +164,7 @@ impl Streams {
             handshakes_this_turn: 0,
             starved: Vec::new(),
             accept_retry_at: None,
+            accept_failing: false,
             ended: Vec::new(),
             unflushed: Vec::new(),
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
@@ -241,6 +244,10 @@ impl Driver {
                     return false;
                 }
             };
+            if self.streams.accept_failing {
+                self.streams.accept_failing = false;
+                log::info!("accepting TCP connections again");
+            }
             self.add_connection(stream, peer, now);
         }
         true

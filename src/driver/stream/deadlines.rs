@@ -84,7 +84,8 @@ impl Driver {
     pub(super) fn accept_failed(&mut self, key: usize, now: Instant, e: &io::Error) {
         let streams = &mut self.streams;
         streams.counters.accept_failed += 1;
-        if streams.starved.is_empty() {
+        if !streams.accept_failing {
+            streams.accept_failing = true;
             warn!("cannot accept TCP connections: {e}; retrying every {ACCEPT_RETRY:?}");
         } else {
             debug!("accept on {key}: {e}");
