@@ -645,7 +645,19 @@ fn idle_and_trickling_connections_cost_little_and_do_not_slow_udp() {
     const N: usize = 1000;
     let pki = Pki::new();
     pki.write_server();
-    let mut relay = start_tls(&pki, &["--max-connections-per-ip", "5000"]);
+    // Connections without an allocation are what this measures: their pool and deadline
+    // must not close them while 1,000 handshakes run on a loaded machine.
+    let mut relay = start_tls(
+        &pki,
+        &[
+            "--max-connections-per-ip",
+            "5000",
+            "--max-pending-connections",
+            "5000",
+            "--allocate-deadline",
+            "300",
+        ],
+    );
     let pid = relay.pid();
     // Warm up: one connection of each kind, so allocator arenas exist before the baseline.
     drop(StreamClient::tls(relay.addr, &pki));
