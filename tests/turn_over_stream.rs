@@ -1016,6 +1016,22 @@ fn bytes_and_drops_are_counted_by_transport() {
         ),
         datagram.len() as u64
     );
+
+    // A peer without a permission, for a client over TLS: dropped, counted under TLS.
+    let mut client = StreamClient::tls(relay.addr, &pki);
+    let relayed = client.allocate();
+    peer().send_to(b"no permission", relayed).expect("send");
+    let reason = "reason=\"peer_no_permission\"";
+    wait_metric(
+        &mut relay,
+        &series("relay_client_drops_total", "tls", reason),
+        1,
+    );
+    let metrics = scrape(addr);
+    for transport in ["udp", "tcp"] {
+        let series = series("relay_client_drops_total", transport, reason);
+        assert_eq!(metric(&metrics, &series), 0, "{series}");
+    }
 }
 
 /// Datagrams for one stream client that arrive together leave in few write calls, not one

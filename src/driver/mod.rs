@@ -40,7 +40,8 @@ use crate::core::{
 #[derive(Clone, Copy)]
 enum Source {
     Client(ListenerId),
-    Peer(AllocationId),
+    /// And the stream transport of the allocation's client, if it uses one.
+    Peer(AllocationId, Option<stream::Kind>),
 }
 
 enum Socket {
@@ -397,8 +398,13 @@ impl Driver {
         let (fd, source) = match self.sockets.get(key) {
             Some(Socket::Listener { id, socket }) => (socket.as_raw_fd(), Source::Client(*id)),
             Some(Socket::Relay {
-                allocation, socket, ..
-            }) => (socket.as_raw_fd(), Source::Peer(*allocation)),
+                allocation,
+                socket,
+                owner,
+            }) => {
+                let kind = owner.and_then(|owner| self.connection_kind(owner));
+                (socket.as_raw_fd(), Source::Peer(*allocation, kind))
+            }
             Some(Socket::TcpListener(_)) => return self.accept(key, now),
             Some(Socket::Connection(_)) => return self.read_connection(key, now),
             None => return false,
@@ -437,12 +443,15 @@ impl Driver {
                         }
                     }
                 }
-                Source::Peer(allocation) => {
+                Source::Peer(allocation, kind) => {
                     // Here the whole slot (the core writes the header into its headroom).
-                    if let Some(deliver) = self
-                        .core
-                        .handle_peer_datagram(now, allocation, from, slot, len)
-                    {
+                    let delivered = stream::peer_datagram(
+                        &mut self.core,
+                        &mut self.streams.counters,
+                        kind,
+                        |core| core.handle_peer_datagram(now, allocation, from, slot, len),
+                    );
+                    if let Some(deliver) = delivered {
                         let range = in_slot(0, deliver.frame);
                         let queued = match deliver.transport {
                             Transport::Udp(listener) => {

@@ -33,6 +33,7 @@ pub(super) use connection::{Close, Connection, Kind};
 use connection::{State, WRITE_LIMIT};
 pub use drops::ClientDrops;
 pub(super) use drops::REASONS as CLIENT_DROP_REASONS;
+pub(super) use drops::peer_datagram;
 pub(super) use writes::send_frame;
 
 /// One read from a socket: the slack a read buffer may hold beyond an incomplete frame.
@@ -551,6 +552,14 @@ impl Driver {
         self.core
             .handle_connection_closed(now, ConnectionId(key), conn.peer);
         self.drain_outputs(now);
+    }
+
+    /// The transport of connection `owner` (key, generation), if it is still open.
+    pub(super) fn connection_kind(&self, owner: (usize, u64)) -> Option<Kind> {
+        match self.sockets.get(owner.0) {
+            Some(Socket::Connection(conn)) if conn.generation == owner.1 => Some(conn.kind()),
+            _ => None,
+        }
     }
 
     pub(super) fn generation_of(&self, key: usize) -> Option<u64> {

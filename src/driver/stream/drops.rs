@@ -2,18 +2,25 @@
 //! touching the core: the core counts a drop, not the transport it came over, and cannot
 //! tell TCP from TLS. Around each stream frame the driver reads the few client-side drop
 //! counters before and after (plain loads and adds: no allocation, no hashing) and adds the
-//! difference to the frame's transport; UDP's share is the total minus both.
+//! difference to the frame's transport; the same around each peer datagram for a stream
+//! client (its relay socket knows the connection). UDP's share is the total minus both.
 
-use crate::core::Counters;
+use super::{Kind, StreamCounters};
+use crate::core::{Counters, Server};
 
-/// The reasons a client's message is dropped in the core, as in `relay_drops_total`.
-pub(crate) const REASONS: [&str; 6] = [
+/// The reasons a client's message, or a peer's datagram for a client, is dropped in the
+/// core, as in `relay_drops_total`.
+pub(crate) const REASONS: [&str; 10] = [
     "malformed",
     "unexpected_stun",
     "channel_data_no_allocation",
     "channel_data_unbound",
     "send_indication",
     "rate_limited",
+    "peer_no_permission",
+    "peer_no_allocation",
+    "peer_too_large",
+    "from_own_socket",
 ];
 
 /// One count per entry of `REASONS`.
@@ -29,6 +36,10 @@ impl ClientDrops {
             c.channel_data_unbound,
             c.send_dropped,
             c.rate_limited,
+            c.peer_no_permission,
+            c.peer_no_allocation,
+            c.peer_too_large,
+            c.from_own_socket,
         ])
     }
 
@@ -47,4 +58,24 @@ impl ClientDrops {
         }
         rest
     }
+}
+
+/// Runs `handle` (the core handling a peer datagram for an allocation whose client uses the
+/// stream transport `kind`, if any) and counts its drops under that transport.
+pub(in crate::driver) fn peer_datagram<T>(
+    core: &mut Server,
+    counters: &mut StreamCounters,
+    kind: Option<Kind>,
+    handle: impl FnOnce(&mut Server) -> T,
+) -> T {
+    let Some(kind) = kind else {
+        return handle(core);
+    };
+    let before = ClientDrops::of(core.counters());
+    let result = handle(core);
+    let after = ClientDrops::of(core.counters());
+    if after != before {
+        counters.client_drops[kind as usize].add_growth(&before, &after);
+    }
+    result
 }
