@@ -564,12 +564,7 @@ impl Driver {
         addr: SocketAddr,
         dont_fragment: bool,
     ) -> Result<RelayId, OpenError> {
-        let owner = match self.core.allocation_transport(allocation) {
-            Some(Transport::Stream(connection)) => self
-                .generation_of(connection.0)
-                .map(|generation| (connection.0, generation)),
-            _ => None,
-        };
+        let owner = self.connection_of(allocation);
         let bound = sockets::bind_udp(addr, dont_fragment).and_then(|mut socket| {
             let entry = self.sockets.vacant_entry();
             self.poll

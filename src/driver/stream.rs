@@ -27,7 +27,7 @@ mod drops;
 mod writes;
 use super::{Driver, Socket};
 use crate::core::wire::stream_framing::{NextFrame, TLS_HANDSHAKE_FIRST_BYTE, next_frame};
-use crate::core::{ConnectionId, Now};
+use crate::core::{AllocationId, ConnectionId, Now, Transport};
 use admission::{Admission, Admit, Limits};
 pub(super) use connection::{Close, Connection, Kind};
 use connection::{State, WRITE_LIMIT};
@@ -552,6 +552,16 @@ impl Driver {
         self.core
             .handle_connection_closed(now, ConnectionId(key), conn.peer);
         self.drain_outputs(now);
+    }
+
+    /// The connection (key, generation) whose client holds `allocation`, if a stream client.
+    pub(super) fn connection_of(&self, allocation: AllocationId) -> Option<(usize, u64)> {
+        match self.core.allocation_transport(allocation) {
+            Some(Transport::Stream(connection)) => self
+                .generation_of(connection.0)
+                .map(|generation| (connection.0, generation)),
+            _ => None,
+        }
     }
 
     /// The transport of connection `owner` (key, generation), if it is still open.
