@@ -58,7 +58,8 @@ fn main() -> ExitCode {
         "file descriptors: {descriptors} (each allocation holds one per relayed family; beyond that, Allocate gets 508)"
     );
     let budget = relay::driver::limits::connection_budget(descriptors);
-    let max_connections = if streams.tcp && streams.max_connections > budget {
+    let serves_streams = streams.tcp || streams.tls_files.is_some();
+    let max_connections = if serves_streams && streams.max_connections > budget {
         warn!(
             "--max-connections {}: {descriptors} file descriptors serve at most {budget} TCP/TLS connections (half of them, beyond a reserve, stay for relay sockets); raise the limit (LimitNOFILE) to serve more",
             streams.max_connections
