@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use crate::json::Json;
-use crate::run::{DIRECTIONS, PAYLOADS, Results, median, scenario_key};
+use crate::run::{DIRECTIONS, PAYLOADS, Results, TRANSPORTS, median, scenario_key, stream_key};
 use crate::servers::Kind;
 
 /// A row of the table: metric key, label, scale (the value is divided by it), decimals,
@@ -53,6 +53,78 @@ fn rows() -> Vec<Row> {
             });
         }
     }
+    for transport in TRANSPORTS {
+        for payload in PAYLOADS {
+            let key = stream_key(transport, payload);
+            let label = format!("{} c2p {payload} B", transport.key().to_uppercase());
+            rows.push(Row {
+                metric: format!("{key}.pps"),
+                label: format!("{label}: relayed kpps"),
+                scale: 1e3,
+                decimals: 1,
+            });
+            rows.push(Row {
+                metric: format!("{key}.cpu_us_per_packet"),
+                label: format!("{label}: CPU µs/packet"),
+                scale: 1.0,
+                decimals: 2,
+            });
+            rows.push(Row {
+                metric: format!("{key}.server_cpu_share"),
+                label: format!("{label}: server CPU %"),
+                scale: 0.01,
+                decimals: 0,
+            });
+            rows.push(Row {
+                metric: format!("{key}.loadgen_cpu_share"),
+                label: format!("{label}: client CPU %"),
+                scale: 0.01,
+                decimals: 0,
+            });
+        }
+    }
+    rows.push(Row {
+        metric: "tls.handshakes_per_sec".into(),
+        label: "TLS handshakes/s (+ Binding)".into(),
+        scale: 1.0,
+        decimals: 0,
+    });
+    rows.push(Row {
+        metric: "tls.cpu_us_per_handshake".into(),
+        label: "TLS: server CPU µs/handshake".into(),
+        scale: 1.0,
+        decimals: 0,
+    });
+    rows.push(Row {
+        metric: "tls.handshake_server_cpu_share".into(),
+        label: "TLS handshakes: server CPU %".into(),
+        scale: 0.01,
+        decimals: 0,
+    });
+    rows.push(Row {
+        metric: "tls.handshake_loadgen_cpu_share".into(),
+        label: "TLS handshakes: client CPU %".into(),
+        scale: 0.01,
+        decimals: 0,
+    });
+    rows.push(Row {
+        metric: "tls.allocations_per_sec".into(),
+        label: "TLS: connect+TLS+Allocate+Bind /s".into(),
+        scale: 1.0,
+        decimals: 0,
+    });
+    rows.push(Row {
+        metric: "memory.kib_per_tls_connection".into(),
+        label: "KiB per idle TLS connection".into(),
+        scale: 1.0,
+        decimals: 1,
+    });
+    rows.push(Row {
+        metric: "memory.kib_per_tls_allocation".into(),
+        label: "KiB per TLS connection+allocation".into(),
+        scale: 1.0,
+        decimals: 1,
+    });
     rows.push(Row {
         metric: "rtt.p50_us".into(),
         label: "ping-pong 1000/s: RTT p50 µs".into(),
