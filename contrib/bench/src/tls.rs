@@ -52,7 +52,13 @@ pub fn make_cert(dir: &Path) -> io::Result<CertFiles> {
 /// sides agree on X25519, as with the relay's real clients).
 #[allow(deprecated)]
 pub fn client_config() -> Arc<ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    use rustls::crypto::ring::kx_group;
+    let mut provider = rustls::crypto::ring::default_provider();
+    // Browsers' order (without their post-quantum hybrid): X25519 first. ring's provider
+    // lists P-384 first, and the server follows the client's order, so a client left with
+    // it would make every handshake a P-384 one, which no browser asks for.
+    provider.kx_groups = vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1];
+    let provider = Arc::new(provider);
     let mut config = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(rustls::ALL_VERSIONS)
         .expect("ring supports TLS 1.2 and 1.3")
