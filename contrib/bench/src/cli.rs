@@ -12,7 +12,7 @@ Runs this relay, coturn and a bare UDP forwarder one after another on loopback,
 interleaved over several trials, and prints medians and ratios (table + JSON).
 
   --relay PATH        the relay binary (target/release/relay)
-  --quick             short run for CI (< 2 minutes), checks --floors
+  --quick             short run for CI (< 3 minutes), checks --floors
   --trials N          interleaved trials (default 5, quick 3)
   --servers LIST      comma-separated subset of: relay,coturn-1,coturn-default,
                       fwd-plain,fwd-batched,fwd-gso (default: all; quick: all but
@@ -217,5 +217,24 @@ mod tests {
             parse(args(&["--relay", "r", "--quick", "--only-many-flows"])).err(),
             Some("--only-many-flows is not part of --quick".to_string())
         );
+    }
+
+    #[test]
+    fn only_streams_excludes_no_streams_and_many_flows() {
+        let a = parse(args(&["--relay", "r", "--only-streams", "--quick"])).expect("parses");
+        assert!(a.only_streams && a.streams && !a.counts);
+        assert_eq!(a.stream_allocations, 500);
+        let full = parse(args(&["--relay", "r"])).expect("parses");
+        assert!(full.streams && !full.only_streams);
+        assert_eq!(full.stream_allocations, 2000);
+        for bad in [
+            ["--relay", "r", "--only-streams", "--no-streams"],
+            ["--relay", "r", "--only-streams", "--only-many-flows"],
+        ] {
+            assert_eq!(
+                parse(args(&bad)).err(),
+                Some("--only-streams: not with --only-many-flows or --no-streams".to_string())
+            );
+        }
     }
 }
