@@ -53,10 +53,18 @@ fn rows() -> Vec<Row> {
             });
         }
     }
-    for transport in TRANSPORTS {
-        for payload in PAYLOADS {
-            let key = stream_key(transport, payload);
-            let label = format!("{} c2p {payload} B", transport.key().to_uppercase());
+    for (transport, dir, payload) in TRANSPORTS.into_iter().flat_map(|t| {
+        DIRECTIONS
+            .into_iter()
+            .flat_map(move |d| PAYLOADS.map(move |p| (t, d, p)))
+    }) {
+        {
+            let key = stream_key(transport, dir, payload);
+            let label = format!(
+                "{} {} {payload} B",
+                transport.key().to_uppercase(),
+                dir.key()
+            );
             rows.push(Row {
                 metric: format!("{key}.pps"),
                 label: format!("{label}: relayed kpps"),
@@ -80,6 +88,12 @@ fn rows() -> Vec<Row> {
                 label: format!("{label}: client CPU %"),
                 scale: 0.01,
                 decimals: 0,
+            });
+            rows.push(Row {
+                metric: format!("{key}.loss"),
+                label: format!("{label}: loss %"),
+                scale: 0.01,
+                decimals: 1,
             });
         }
     }

@@ -460,8 +460,8 @@ fn stream_workloads(
     }
 }
 
-pub fn stream_key(transport: Transport, payload: usize) -> String {
-    format!("{}-c2p-{payload}", transport.key())
+pub fn stream_key(transport: Transport, dir: Direction, payload: usize) -> String {
+    format!("{}-{}-{payload}", transport.key(), dir.key())
 }
 
 /// One server, one trial: ChannelData over TCP then TLS at each size, then TLS handshakes.
@@ -477,10 +477,19 @@ fn stream_trial(
     let mut server = Server::start_streams(kind, tools, seq)?;
     for transport in TRANSPORTS {
         let mut path = streams::setup(&server, transport, args.allocations, creds, config)?;
-        for payload in PAYLOADS {
-            let t =
-                streams::client_to_peer(&mut path, &server, payload, args.warmup, args.measure)?;
-            let key = stream_key(transport, payload);
+        for (dir, payload) in DIRECTIONS
+            .into_iter()
+            .flat_map(|d| PAYLOADS.map(|p| (d, p)))
+        {
+            let t = match dir {
+                Direction::ClientToPeer => {
+                    streams::client_to_peer(&mut path, &server, payload, args.warmup, args.measure)?
+                }
+                Direction::PeerToClient => {
+                    streams::peer_to_client(&mut path, &server, payload, args.warmup, args.measure)?
+                }
+            };
+            let key = stream_key(transport, dir, payload);
             if t.corrupt > 0 {
                 results.problems.push(format!(
                     "{} {key}: {} corrupt datagrams received",
@@ -505,6 +514,9 @@ fn stream_trial(
                 &format!("{key}.loadgen_cpu_share"),
                 t.loadgen_cpu_share(),
             );
+            if dir == Direction::PeerToClient {
+                results.record(kind, &format!("{key}.loss"), t.loss());
+            }
         }
     }
     let h = streams::handshakes(&server, config, args.warmup, args.measure)?;

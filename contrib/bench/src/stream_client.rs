@@ -173,6 +173,41 @@ impl Conn {
         }
     }
 
+    /// Appends what can be read now (the socket is non-blocking; decrypted for TLS) to
+    /// `out`; Ok(0) when nothing was there.
+    pub fn read_available(&mut self, scratch: &mut [u8], out: &mut Vec<u8>) -> io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => match s.read(scratch) {
+                Ok(n) => {
+                    out.extend_from_slice(&scratch[..n]);
+                    Ok(n)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+                Err(e) => Err(e),
+            },
+            Conn::Tls(t) => {
+                match t.conn.read_tls(&mut t.sock) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+                t.conn.process_new_packets().map_err(io::Error::other)?;
+                let mut total = 0;
+                loop {
+                    match t.conn.reader().read(scratch) {
+                        Ok(0) => return Ok(total),
+                        Ok(n) => {
+                            out.extend_from_slice(&scratch[..n]);
+                            total += n;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+
     fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
         match self {
             Conn::Tcp(s) => s.read_exact(buf),
