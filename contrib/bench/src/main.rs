@@ -11,6 +11,7 @@ mod report;
 mod run;
 mod servers;
 mod stream_client;
+mod stream_run;
 mod streams;
 mod stun;
 mod tls;

@@ -3,8 +3,9 @@
 use std::fmt::Write;
 
 use crate::json::Json;
-use crate::run::{DIRECTIONS, PAYLOADS, Results, TRANSPORTS, median, scenario_key, stream_key};
+use crate::run::{DIRECTIONS, PAYLOADS, Results, median, scenario_key};
 use crate::servers::Kind;
+use crate::stream_run::{TRANSPORTS, stream_key};
 
 /// A row of the table: metric key, label, scale (the value is divided by it), decimals,
 /// and whether smaller is better (for reading the ratios).
