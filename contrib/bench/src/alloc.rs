@@ -169,7 +169,7 @@ pub fn establish(
     Ok(out)
 }
 
-fn bind_request(
+pub fn bind_request(
     tid: [u8; 12],
     peer: SocketAddr,
     creds: &Credentials,
@@ -186,7 +186,7 @@ fn bind_request(
         .fingerprint()
 }
 
-fn allocate_request(tid: [u8; 12], creds: &Credentials, realm: &[u8], nonce: &[u8]) -> Vec<u8> {
+pub fn allocate_request(tid: [u8; 12], creds: &Credentials, realm: &[u8], nonce: &[u8]) -> Vec<u8> {
     Builder::new(stun::ALLOCATE_REQUEST, tid)
         .attr(stun::ATTR_REQUESTED_TRANSPORT, &[17, 0, 0, 0])
         .authenticate(creds, realm, nonce)

@@ -12,7 +12,7 @@ Runs this relay, coturn and a bare UDP forwarder one after another on loopback,
 interleaved over several trials, and prints medians and ratios (table + JSON).
 
   --relay PATH        the relay binary (target/release/relay)
-  --quick             short run for CI (< 2 minutes), checks --floors
+  --quick             short run for CI (< 3 minutes), checks --floors
   --trials N          interleaved trials (default 5, quick 3)
   --servers LIST      comma-separated subset of: relay,coturn-1,coturn-default,
                       fwd-plain,fwd-batched,fwd-gso (default: all; quick: all but
@@ -22,6 +22,12 @@ interleaved over several trials, and prints medians and ratios (table + JSON).
   --memory-allocations N
                       live allocations for the memory/setup-rate test (default 10000,
                       quick 2000)
+  --stream-allocations N
+                      allocations (each its own TLS connection with a channel) of
+                      the TLS set-up-rate test (default 2000, quick 500)
+  --no-streams        skip the TCP and TLS workloads
+  --only-streams      run only the TCP and TLS workloads (--trials rounds; with
+                      --quick, their quick settings)
   --no-counts         skip strace/callgrind counts
   --only-many-flows   run only the many-flows workload (1,000 allocations at 40
                       datagrams/s each way, one send per datagram; --trials rounds,
@@ -48,6 +54,12 @@ pub struct Args {
     /// Trials of the memory / setup-rate test (it is slow with 10,000 allocations).
     pub memory_trials: usize,
     pub counts: bool,
+    /// The TCP and TLS workloads (ChannelData over streams, handshakes, set-up over TLS).
+    pub streams: bool,
+    /// Only the TCP and TLS workloads.
+    pub only_streams: bool,
+    /// Allocations of the TLS set-up-rate test.
+    pub stream_allocations: usize,
     /// Counts (strace, callgrind) of every server, or only of the relay (quick mode: its
     /// floors are absolute numbers).
     pub counts_all: bool,
@@ -71,6 +83,9 @@ pub fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut measure = None;
     let mut memory_allocations = None;
     let mut counts = true;
+    let mut streams = true;
+    let mut only_streams = false;
+    let mut stream_allocations = None;
     let mut json = None;
     let mut floors = None;
     let mut workdir = None;
@@ -98,6 +113,9 @@ pub fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "--memory-allocations" => memory_allocations = Some(value::<usize>(&arg, args.next())?),
             "--no-counts" => counts = false,
+            "--no-streams" => streams = false,
+            "--only-streams" => only_streams = true,
+            "--stream-allocations" => stream_allocations = Some(value::<usize>(&arg, args.next())?),
             "--json" => json = Some(PathBuf::from(value::<String>(&arg, args.next())?)),
             "--floors" => floors = Some(PathBuf::from(value::<String>(&arg, args.next())?)),
             "--workdir" => workdir = Some(PathBuf::from(value::<String>(&arg, args.next())?)),
@@ -108,6 +126,13 @@ pub fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
     let relay = relay.ok_or("--relay PATH is required")?;
     if quick && only_flows {
         return Err("--only-many-flows is not part of --quick".into());
+    }
+    if only_streams && (only_flows || !streams) {
+        return Err("--only-streams: not with --only-many-flows or --no-streams".into());
+    }
+    let stream_allocations = stream_allocations.unwrap_or(if quick { 500 } else { 2000 });
+    if stream_allocations == 0 || stream_allocations > 8000 {
+        return Err("--stream-allocations: 1..=8000".into());
     }
     if allocations == 0 || allocations > 1000 {
         return Err("--allocations: 1..=1000".into());
@@ -161,7 +186,10 @@ pub fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
         },
         memory_allocations,
         memory_trials: if quick { 1 } else { 3 },
-        counts,
+        counts: counts && !only_streams,
+        streams,
+        only_streams,
+        stream_allocations,
         counts_all: !quick,
         json,
         floors,
@@ -189,5 +217,24 @@ mod tests {
             parse(args(&["--relay", "r", "--quick", "--only-many-flows"])).err(),
             Some("--only-many-flows is not part of --quick".to_string())
         );
+    }
+
+    #[test]
+    fn only_streams_excludes_no_streams_and_many_flows() {
+        let a = parse(args(&["--relay", "r", "--only-streams", "--quick"])).expect("parses");
+        assert!(a.only_streams && a.streams && !a.counts);
+        assert_eq!(a.stream_allocations, 500);
+        let full = parse(args(&["--relay", "r"])).expect("parses");
+        assert!(full.streams && !full.only_streams);
+        assert_eq!(full.stream_allocations, 2000);
+        for bad in [
+            ["--relay", "r", "--only-streams", "--no-streams"],
+            ["--relay", "r", "--only-streams", "--only-many-flows"],
+        ] {
+            assert_eq!(
+                parse(args(&bad)).err(),
+                Some("--only-streams: not with --only-many-flows or --no-streams".to_string())
+            );
+        }
     }
 }

@@ -10,7 +10,11 @@ mod load;
 mod report;
 mod run;
 mod servers;
+mod stream_client;
+mod stream_run;
+mod streams;
 mod stun;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -81,6 +85,20 @@ fn bench(args: &cli::Args) -> Result<bool, String> {
     });
     std::fs::create_dir_all(&workdir).map_err(|e| format!("{}: {e}", workdir.display()))?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut problems = Vec::new();
+    let cert = if args.streams {
+        match tls::make_cert(&workdir) {
+            Ok(files) => Some(files),
+            Err(e) => {
+                problems.push(format!(
+                    "relay: no certificate, TCP/TLS workloads skipped: {e}"
+                ));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let tools = Tools {
         relay: args.relay.clone(),
         forwarder: exe
@@ -91,8 +109,8 @@ fn bench(args: &cli::Args) -> Result<bool, String> {
         workdir: workdir.clone(),
         secret: "bench-secret".into(),
         server_cpu,
+        cert,
     };
-    let mut problems = Vec::new();
     let servers = run::available(args, &tools, &mut problems);
     let mut args = args.clone();
     args.servers = servers.clone();
@@ -124,6 +142,8 @@ fn bench(args: &cli::Args) -> Result<bool, String> {
         "mode: {}, {} trials interleaved, {} allocations with a channel, {:.1} s per saturation run, {:.0} s in all\n",
         if args.quick {
             "quick"
+        } else if args.only_streams {
+            "TCP/TLS only"
         } else if args.only_flows {
             "many flows only"
         } else {

@@ -5,6 +5,7 @@ use std::fmt::Write;
 use crate::json::Json;
 use crate::run::{DIRECTIONS, PAYLOADS, Results, median, scenario_key};
 use crate::servers::Kind;
+use crate::stream_run::{TRANSPORTS, stream_key};
 
 /// A row of the table: metric key, label, scale (the value is divided by it), decimals,
 /// and whether smaller is better (for reading the ratios).
@@ -53,6 +54,92 @@ fn rows() -> Vec<Row> {
             });
         }
     }
+    for (transport, dir, payload) in TRANSPORTS.into_iter().flat_map(|t| {
+        DIRECTIONS
+            .into_iter()
+            .flat_map(move |d| PAYLOADS.map(move |p| (t, d, p)))
+    }) {
+        {
+            let key = stream_key(transport, dir, payload);
+            let label = format!(
+                "{} {} {payload} B",
+                transport.key().to_uppercase(),
+                dir.key()
+            );
+            rows.push(Row {
+                metric: format!("{key}.pps"),
+                label: format!("{label}: relayed kpps"),
+                scale: 1e3,
+                decimals: 1,
+            });
+            rows.push(Row {
+                metric: format!("{key}.cpu_us_per_packet"),
+                label: format!("{label}: CPU µs/packet"),
+                scale: 1.0,
+                decimals: 2,
+            });
+            rows.push(Row {
+                metric: format!("{key}.server_cpu_share"),
+                label: format!("{label}: server CPU %"),
+                scale: 0.01,
+                decimals: 0,
+            });
+            rows.push(Row {
+                metric: format!("{key}.loadgen_cpu_share"),
+                label: format!("{label}: client CPU %"),
+                scale: 0.01,
+                decimals: 0,
+            });
+            rows.push(Row {
+                metric: format!("{key}.loss"),
+                label: format!("{label}: loss %"),
+                scale: 0.01,
+                decimals: 1,
+            });
+        }
+    }
+    rows.push(Row {
+        metric: "tls.handshakes_per_sec".into(),
+        label: "TLS handshakes/s (+ Binding)".into(),
+        scale: 1.0,
+        decimals: 0,
+    });
+    rows.push(Row {
+        metric: "tls.cpu_us_per_handshake".into(),
+        label: "TLS: server CPU µs/handshake".into(),
+        scale: 1.0,
+        decimals: 0,
+    });
+    rows.push(Row {
+        metric: "tls.handshake_server_cpu_share".into(),
+        label: "TLS handshakes: server CPU %".into(),
+        scale: 0.01,
+        decimals: 0,
+    });
+    rows.push(Row {
+        metric: "tls.handshake_loadgen_cpu_share".into(),
+        label: "TLS handshakes: client CPU %".into(),
+        scale: 0.01,
+        decimals: 0,
+    });
+    rows.push(Row {
+        metric: "tls.allocations_per_sec".into(),
+        label: "TLS: connect+TLS+Allocate+Bind /s".into(),
+        scale: 1.0,
+        decimals: 0,
+    });
+    rows.push(Row {
+        metric: "memory.kib_per_tls_connection".into(),
+        label: "KiB per idle TLS connection".into(),
+        scale: 1.0,
+        decimals: 1,
+    });
+    rows.push(Row {
+        metric: "memory.kib_per_tls_allocation".into(),
+        label: "KiB per TLS connection+allocation".into(),
+        scale: 1.0,
+        decimals: 1,
+    });
     rows.push(Row {
         metric: "rtt.p50_us".into(),
         label: "ping-pong 1000/s: RTT p50 µs".into(),

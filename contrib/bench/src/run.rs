@@ -13,6 +13,7 @@ use crate::counts;
 use crate::flows;
 use crate::load::{self, Direction};
 use crate::servers::{self, Kind, Server, Tools, Wrapper};
+use crate::stream_run::stream_workloads;
 use crate::stun::Credentials;
 use crate::sys;
 
@@ -71,6 +72,12 @@ pub fn run(args: &Args, tools: &Tools, creds: &Credentials) -> Results {
     let started = Instant::now();
     if args.only_flows {
         many_flows(args, tools, creds, &mut seq, started, &mut results);
+        return results;
+    }
+    if args.streams && tools.cert.is_some() {
+        stream_workloads(args, tools, creds, &mut seq, started, &mut results);
+    }
+    if args.only_streams {
         return results;
     }
     for trial in 0..args.trials {

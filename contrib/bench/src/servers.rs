@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::stun::{self, Builder, Parsed, TidSource};
+use crate::tls::CertFiles;
 
 /// The relay port range every TURN server gets: below Linux's ephemeral range (32768–60999),
 /// where the load generator's own sockets live, and far from 3478. 12,000 ports: room for the
@@ -78,6 +79,8 @@ pub struct Tools {
     pub secret: String,
     /// CPU the servers are pinned to (None: no pinning, single-CPU machine).
     pub server_cpu: Option<usize>,
+    /// Certificate and key for TLS (None: no stream workloads).
+    pub cert: Option<CertFiles>,
 }
 
 /// How a server process is wrapped.
@@ -96,7 +99,15 @@ pub struct Server {
     pub listen: SocketAddr,
     /// The forwarder's peer-side ("out") address.
     pub out: Option<SocketAddr>,
+    /// The TLS listen address (servers started with `start_streams`); TCP is on `listen`.
+    pub tls_listen: Option<SocketAddr>,
     pub log: PathBuf,
+}
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_tcp_port() -> io::Result<u16> {
+    let s = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(s.local_addr()?.port())
 }
 
 /// A loopback UDP port that was free a moment ago.
@@ -106,14 +117,37 @@ pub fn free_port() -> io::Result<u16> {
 }
 
 impl Server {
+    /// A TURN server for the UDP workloads (coturn without TCP and TLS, as before).
     pub fn start(kind: Kind, tools: &Tools, wrapper: &Wrapper, seq: usize) -> io::Result<Server> {
+        Server::start_with(kind, tools, wrapper, seq, None)
+    }
+
+    /// A TURN server that also serves TCP on its listen address and TLS on `tls_listen`.
+    pub fn start_streams(kind: Kind, tools: &Tools, seq: usize) -> io::Result<Server> {
+        let cert = tools
+            .cert
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no certificate for TLS"))?;
+        Server::start_with(kind, tools, &Wrapper::None, seq, Some(cert))
+    }
+
+    fn start_with(
+        kind: Kind,
+        tools: &Tools,
+        wrapper: &Wrapper,
+        seq: usize,
+        tls: Option<&CertFiles>,
+    ) -> io::Result<Server> {
         let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+        let tls_listen = match tls {
+            Some(_) => Some(SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_port()?))),
+            None => None,
+        };
         let log = tools.workdir.join(format!("{}-{seq}.log", kind.key()));
         let mut out = None;
         let (program, args): (PathBuf, Vec<String>) = match kind {
-            Kind::Relay => (
-                tools.relay.clone(),
-                vec![
+            Kind::Relay => {
+                let mut a = vec![
                     format!("--listen-addr={listen}"),
                     format!("--lowest-port={}", RELAY_PORTS.0),
                     format!("--highest-port={}", RELAY_PORTS.1),
@@ -122,8 +156,14 @@ impl Server {
                     "--allow-loopback-peers".into(),
                     // Every allocation of the benchmark uses one user name.
                     "--max-allocations-per-user=100000".into(),
-                ],
-            ),
+                ];
+                if let (Some(files), Some(addr)) = (tls, tls_listen) {
+                    a.push(format!("--tls-listen-addr={addr}"));
+                    a.push(format!("--tls-cert-file={}", files.cert.display()));
+                    a.push(format!("--tls-key-file={}", files.key.display()));
+                }
+                (tools.relay.clone(), a)
+            }
             Kind::CoturnOne | Kind::CoturnDefault => {
                 let Some(turnserver) = &tools.turnserver else {
                     return Err(io::Error::new(
@@ -143,9 +183,7 @@ impl Server {
                     format!("--realm={REALM}"),
                     "--allow-loopback-peers".into(),
                     "--no-cli".into(),
-                    "--no-tls".into(),
                     "--no-dtls".into(),
-                    "--no-tcp".into(),
                     "--no-tcp-relay".into(),
                     "--user-quota=0".into(),
                     "--total-quota=0".into(),
@@ -163,6 +201,17 @@ impl Server {
                             .display()
                     ),
                 ];
+                match (tls, tls_listen) {
+                    (Some(files), Some(addr)) => {
+                        a.push(format!("--tls-listening-port={}", addr.port()));
+                        a.push(format!("--cert={}", files.cert.display()));
+                        a.push(format!("--pkey={}", files.key.display()));
+                    }
+                    _ => {
+                        a.push("--no-tls".into());
+                        a.push("--no-tcp".into());
+                    }
+                }
                 if kind == Kind::CoturnOne {
                     a.push("--relay-threads=1".into());
                 }
@@ -230,6 +279,7 @@ impl Server {
             pid,
             listen,
             out,
+            tls_listen,
             log,
         };
         let deadline = Instant::now()
