@@ -152,7 +152,8 @@ fn reloader(argv: Vec<OsString>, start: &Settings) -> driver::control::Reload {
             }
         }
         if new.log_level != log::max_level() {
-            info!("SIGHUP: log level {}", new.log_level);
+            let level = new.log_level.as_str().to_ascii_lowercase();
+            info!("SIGHUP: log level {level}");
         }
         log::set_max_level(new.log_level);
         Ok(new.config)

@@ -207,18 +207,8 @@ fn an_unknown_setting_in_the_config_file_is_a_start_up_error() {
 
 #[test]
 fn systemd_hears_ready_reloading_and_stopping() {
-    let dir = temp_file("notify", "unused", "");
-    let path = dir.with_file_name("notify.sock");
-    let _ = std::fs::remove_file(&path);
-    let systemd = UnixDatagram::bind(&path).expect("bind the notify socket");
-    systemd
-        .set_read_timeout(Some(common::WAIT))
-        .expect("timeout");
-    let next = || {
-        let mut buf = [0u8; 512];
-        let len = systemd.recv(&mut buf).expect("a notification");
-        String::from_utf8_lossy(&buf[..len]).into_owned()
-    };
+    let (systemd, socket) = notify_socket("notify");
+    let next = || next_notification(&systemd);
     let mut relay = RelayProcess::start_with_env(
         &[
             "--listen-addr",
@@ -228,7 +218,7 @@ fn systemd_hears_ready_reloading_and_stopping() {
             "--auth-secret",
             "x",
         ],
-        &[("NOTIFY_SOCKET", path.to_str().expect("path"))],
+        &[("NOTIFY_SOCKET", socket.to_str().expect("path"))],
     );
     assert_eq!(next(), "READY=1");
     relay.signal(libc::SIGHUP);
@@ -240,4 +230,68 @@ fn systemd_hears_ready_reloading_and_stopping() {
     assert_eq!(next(), "READY=1");
     assert!(relay.terminate().success());
     assert_eq!(next(), "STOPPING=1");
+}
+
+#[test]
+fn sighup_changes_the_log_level() {
+    let config = temp_file("level", "relay.env", "RELAY_LOG_LEVEL=info\n");
+    // systemd's READY=1 after each reload says when the next file may be written.
+    let (systemd, socket) = notify_socket("level");
+    let reload = |relay: &RelayProcess| {
+        relay.signal(libc::SIGHUP);
+        assert!(next_notification(&systemd).starts_with("RELOADING=1"));
+        assert_eq!(next_notification(&systemd), "READY=1");
+    };
+    let mut relay = RelayProcess::start_with_env(
+        &[
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--realm",
+            common::REALM,
+            "--auth-secret",
+            "x",
+            "--config-file",
+            config.to_str().expect("path"),
+        ],
+        &[("NOTIFY_SOCKET", socket.to_str().expect("path"))],
+    );
+    assert_eq!(next_notification(&systemd), "READY=1");
+    std::fs::write(&config, "RELAY_LOG_LEVEL=error\n").expect("rewrite");
+    reload(&relay);
+    relay.wait_for_log("SIGHUP: log level error");
+    // At error, neither the warning about a restart-only change nor the info line of a
+    // successful reload is logged; the error line of a refused reload is.
+    std::fs::write(
+        &config,
+        "RELAY_LOG_LEVEL=error\nRELAY_METRICS_ADDR=127.0.0.1:1\n",
+    )
+    .expect("rewrite");
+    reload(&relay);
+    std::fs::write(&config, "RELAY_LOG_LEVEL=error\nRELAY_MAX_ALLOCATIONS=0\n").expect("rewrite");
+    reload(&relay);
+    relay.wait_for_log("keeping the current configuration");
+    let quiet: Vec<&String> = relay
+        .seen
+        .iter()
+        .filter(|l| l.contains("needs a restart") || l.contains("reloaded the configuration"))
+        .collect();
+    assert!(quiet.is_empty(), "{quiet:#?}");
+    assert!(relay.terminate().success());
+}
+
+/// A Unix datagram socket standing in for systemd's, and its path.
+fn notify_socket(test: &str) -> (UnixDatagram, PathBuf) {
+    let path = temp_file(test, "unused", "").with_file_name("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let systemd = UnixDatagram::bind(&path).expect("bind the notify socket");
+    systemd
+        .set_read_timeout(Some(common::WAIT))
+        .expect("timeout");
+    (systemd, path)
+}
+
+fn next_notification(systemd: &UnixDatagram) -> String {
+    let mut buf = [0u8; 512];
+    let len = systemd.recv(&mut buf).expect("a notification");
+    String::from_utf8_lossy(&buf[..len]).into_owned()
 }
