@@ -295,3 +295,31 @@ fn next_notification(systemd: &UnixDatagram) -> String {
     let len = systemd.recv(&mut buf).expect("a notification");
     String::from_utf8_lossy(&buf[..len]).into_owned()
 }
+
+/// The shipped environment file is a valid --config-file (everything in it is a setting
+/// the relay knows, in a syntax it reads); the command line overrides its addresses.
+#[test]
+fn the_shipped_environment_file_reads_as_a_config_file() {
+    let shipped = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/deploy/systemd/relay.env"
+    );
+    let (lowest, highest) = ports();
+    let mut relay = RelayProcess::start(&[
+        "--config-file",
+        shipped,
+        "--public-ip4-addr",
+        "127.0.0.1",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--lowest-port",
+        &lowest,
+        "--highest-port",
+        &highest,
+    ]);
+    relay.wait_for_log("realm \"test.realm\"");
+    // RELAY_DRAIN_SECONDS=300 from the file: SIGTERM drains, and with no allocation that
+    // ends at once.
+    assert!(relay.terminate().success());
+    relay.wait_for_log("drain done");
+}
