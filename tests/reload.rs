@@ -163,7 +163,7 @@ fn the_command_line_beats_the_config_file_which_beats_the_environment() {
     let config = temp_file(
         "precedence",
         "relay.env",
-        "RELAY_AUTH_SECRET=from-file\nRELAY_REALM=file.realm\n",
+        "RELAY_AUTH_SECRET=from-file\nRELAY_REALM=file.realm\nRELAY_NO_TCP=yes\n",
     );
     let (lowest, highest) = ports();
     let mut relay = RelayProcess::start_with_env(
@@ -183,6 +183,13 @@ fn the_command_line_beats_the_config_file_which_beats_the_environment() {
             ("RELAY_AUTH_SECRET", "from-env"),
             ("RELAY_REALM", "env.realm"),
         ],
+    );
+    // A switch from the file: no TCP (logged before the peer policy when on).
+    relay.wait_for_log("peer policy");
+    assert!(
+        !relay.seen.iter().any(|l| l.contains("TURN over TCP")),
+        "{:#?}",
+        relay.seen
     );
     // The realm is the command line's (Client checks it), the secret the file's.
     assert_eq!(allocate_error(relay.addr, "from-env", "gina"), Some(401));
