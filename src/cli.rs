@@ -11,6 +11,8 @@ use crate::core::credentials::rest_api_password;
 use crate::core::{Cidr, Config, Lifetimes, RelayAddress};
 use crate::driver::interfaces;
 
+pub mod config_file;
+
 /// The realm used when `--realm` is not given.
 pub const DEFAULT_REALM: &str = "relay";
 /// Dual-stack by default; IPv6 sockets are IPV6_V6ONLY so both can bind port 3478.
@@ -211,6 +213,41 @@ pub struct Args {
     )]
     pub test_handshake_deadline: Option<u64>,
 
+    /// Read settings from this file of RELAY_X=value lines (the environment file's format),
+    /// at start and again on SIGHUP; precedence: command line > file > environment.
+    #[arg(long, env = "RELAY_CONFIG_FILE", value_name = "PATH")]
+    pub config_file: Option<PathBuf>,
+
+    /// Read TURN REST API secrets from this file, one per line, newest first (with any
+    /// --auth-secret); re-read on SIGHUP.
+    #[arg(long, env = "RELAY_AUTH_SECRET_FILE", value_name = "PATH")]
+    pub auth_secret_file: Option<PathBuf>,
+
+    /// Log level: off, error, warn, info, debug or trace (RUST_LOG can only narrow it per
+    /// module); reloaded on SIGHUP.
+    #[arg(
+        long,
+        env = "RELAY_LOG_LEVEL",
+        value_name = "LEVEL",
+        default_value = "info"
+    )]
+    pub log_level: log::LevelFilter,
+
+    /// SIGTERM drains for up to SECS: no new allocations (/healthz 503), existing ones go on
+    /// until they end, then exit 0 [default: 0, SIGTERM exits at once; SIGUSR1 always drains].
+    #[arg(
+        long,
+        env = "RELAY_DRAIN_SECONDS",
+        value_name = "SECS",
+        default_value_t = 0
+    )]
+    pub drain_seconds: u64,
+
+    /// While draining, answer new Allocates with 300 (Try Alternate) and this
+    /// ALTERNATE-SERVER [default: 508].
+    #[arg(long, env = "RELAY_ALTERNATE_SERVER", value_name = "ADDR:PORT")]
+    pub alternate_server: Option<SocketAddr>,
+
     #[command(subcommand)]
     #[allow(missing_docs)] // a subcommand instead of running the relay
     pub command: Option<Subcommand>,
@@ -307,6 +344,12 @@ pub struct Settings {
     pub notes: Vec<String>,
     /// Where to serve /metrics, /live and /health, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// The most detailed level logged (`log::set_max_level`).
+    pub log_level: log::LevelFilter,
+    /// How long SIGTERM drains (zero: it exits at once).
+    pub drain: Duration,
+    /// Where a draining relay sends new allocations, if anywhere.
+    pub alternate_server: Option<SocketAddr>,
 }
 
 /// Validates the flags into the core's `Config` and the driver's settings.
@@ -348,6 +391,10 @@ pub fn settings(
     }
     if args.auth_secret.iter().any(String::is_empty) {
         return Err("--auth-secret: must not be empty".into());
+    }
+    if let Some(path) = &args.auth_secret_file {
+        let from_file = read_secret_file(path)?;
+        args.auth_secret.extend(from_file);
     }
     let streams = stream_settings(&args)?;
     let (secrets, generated_secret) = if args.auth_secret.is_empty() {
@@ -410,7 +457,31 @@ pub fn settings(
         generated_secret,
         notes,
         metrics_addr: args.metrics_addr,
+        log_level: args.log_level,
+        drain: Duration::from_secs(args.drain_seconds),
+        alternate_server: args.alternate_server,
     })
+}
+
+/// The secrets of `--auth-secret-file`: one per line, surrounding whitespace dropped, blank
+/// lines and `#` comments skipped. A file without any secret is an error, not a random
+/// secret: the operator meant to set one.
+fn read_secret_file(path: &std::path::Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--auth-secret-file {}: {e}", path.display()))?;
+    let secrets: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    if secrets.is_empty() {
+        return Err(format!(
+            "--auth-secret-file {}: no secret in it",
+            path.display()
+        ));
+    }
+    Ok(secrets)
 }
 
 fn stream_settings(args: &Args) -> Result<StreamSettings, String> {

@@ -5,12 +5,13 @@
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::Parser;
 use log::{error, info, warn};
 
-use relay::cli::{self, Args};
+use relay::cli::{self, Args, Settings};
 use relay::core::credentials;
 use relay::driver::clock::unix_now;
 use relay::driver::{self, Driver};
@@ -19,6 +20,7 @@ use relay::driver::{self, Driver};
 const DEMO_CREDENTIALS_TTL_SECS: u64 = 24 * 3600;
 
 fn main() -> ExitCode {
+    let argv: Vec<OsString> = std::env::args_os().collect();
     let mut args = Args::parse();
     if let Some(cli::Subcommand::Credentials(credentials)) = args.command.take() {
         return match cli::mint_credentials(&credentials, unix_now()) {
@@ -32,8 +34,19 @@ fn main() -> ExitCode {
             }
         };
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // The logger passes everything (RUST_LOG may narrow it per module); the level is
+    // log::set_max_level's, from --log-level, so that SIGHUP can change it.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("trace")).init();
 
+    if args.config_file.is_some() {
+        args = match cli::config_file::args_with_config_file(&argv) {
+            Ok(args) => args,
+            Err(message) => {
+                eprintln!("relay: {message}");
+                return ExitCode::from(2);
+            }
+        };
+    }
     let settings = match cli::settings(args, || hex(&random_bytes::<16>())) {
         Ok(settings) => settings,
         Err(message) => {
@@ -41,6 +54,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    log::set_max_level(settings.log_level);
     let config = settings.config.clone();
     let streams = &settings.streams;
     let tls = match &streams.tls_files {
@@ -68,7 +82,13 @@ fn main() -> ExitCode {
     } else {
         streams.max_connections
     };
+    let control = driver::control::Control::new(
+        Some(reloader(argv, &settings)),
+        settings.drain,
+        settings.alternate_server,
+    );
     let options = driver::Options {
+        control,
         metrics_addr: settings.metrics_addr,
         start_time_unix: unix_now(),
         streams: driver::StreamOptions {
@@ -124,6 +144,63 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// SIGHUP's configuration: the same argv and environment, the config and secret files as
+/// they are now, validated by the same `cli::settings`. What only a restart can change is
+/// logged and left as it is (the core keeps it too).
+fn reloader(argv: Vec<OsString>, start: &Settings) -> driver::control::Reload {
+    let generated = start.generated_secret.clone();
+    let bound = restart_only(start);
+    Box::new(move || {
+        let args = cli::config_file::args_with_config_file(&argv)?;
+        let new = cli::settings(args, || generated.clone().unwrap_or_default())?;
+        if new.generated_secret.is_some() && generated.is_none() {
+            return Err("no --auth-secret or --auth-secret-file any more".into());
+        }
+        for ((name, was), (_, now)) in bound.iter().zip(restart_only(&new)) {
+            if *was != now {
+                warn!("SIGHUP: {name} changed from {was} to {now}: that needs a restart");
+            }
+        }
+        if new.log_level != log::max_level() {
+            let level = new.log_level.as_str().to_ascii_lowercase();
+            info!("SIGHUP: log level {level}");
+        }
+        log::set_max_level(new.log_level);
+        Ok(new.config)
+    })
+}
+
+/// The settings bound to sockets when the relay started, named as their flags.
+fn restart_only(settings: &Settings) -> Vec<(&'static str, String)> {
+    let (config, streams) = (&settings.config, &settings.streams);
+    vec![
+        ("--listen-addr", format!("{:?}", config.listeners)),
+        ("--public-ip4-addr", format!("{:?}", config.relay_v4)),
+        ("--public-ip6-addr", format!("{:?}", config.relay_v6)),
+        (
+            "--lowest-port/--highest-port",
+            format!("{:?}", config.ports),
+        ),
+        ("--metrics-addr", format!("{:?}", settings.metrics_addr)),
+        ("--no-tcp", format!("{:?}", !streams.tcp)),
+        ("--tls-listen-addr", format!("{:?}", streams.tls_listen)),
+        (
+            "--tls-cert-file/--tls-key-file",
+            format!("{:?}", streams.tls_files),
+        ),
+        ("--max-connections", format!("{}", streams.max_connections)),
+        (
+            "--max-connections-per-ip",
+            format!("{}", streams.max_connections_per_ip),
+        ),
+        ("--drain-seconds", format!("{:?}", settings.drain)),
+        (
+            "--alternate-server",
+            format!("{:?}", settings.alternate_server),
+        ),
+    ]
 }
 
 /// The core's RNG seed and a generated secret: the one place the OS random source is read.

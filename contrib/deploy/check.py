@@ -64,13 +64,18 @@ def check_env_file(env_vars):
         if not line.startswith("#"):
             values[name] = value
     check("RELAY_AUTH_SECRET" in values, f"{path}: no RELAY_AUTH_SECRET")
-    return port_of(values["RELAY_METRICS_ADDR"])
+    return port_of(values["RELAY_METRICS_ADDR"]), int(values.get("RELAY_DRAIN_SECONDS", "0"))
 
 
-def check_unit():
+def check_unit(drain_seconds):
     path = HERE / "systemd" / "relay.service"
     text = path.read_text()
+    # systemd must let a drain run to its end before it kills the relay.
+    stop = re.search(r"^TimeoutStopSec=(\d+)s$", text, re.M)
+    check(stop and int(stop.group(1)) > drain_seconds, f"{path}: TimeoutStopSec not above RELAY_DRAIN_SECONDS")
     for setting in [
+        "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",
         "DynamicUser=yes",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
@@ -148,6 +153,12 @@ def check_kubernetes(env_vars):
         port = container[probe]["httpGet"]["port"]
         check(port in ports, f"{probe} uses unknown port {port}")
     check(container["readinessProbe"]["httpGet"]["path"] == "/healthz", "readiness must be /healthz")
+    # Kubernetes must let a drain (SIGTERM with RELAY_DRAIN_SECONDS) end before its SIGKILL.
+    drain = int(env.get("RELAY_DRAIN_SECONDS", {}).get("value", "0"))
+    check(
+        spec.get("terminationGracePeriodSeconds", 30) > drain,
+        "terminationGracePeriodSeconds is not above RELAY_DRAIN_SECONDS",
+    )
     # /healthz is 503 on a full relay: as liveness it would restart a busy relay.
     check(container["livenessProbe"]["httpGet"]["path"] == "/livez", "liveness must be /livez")
     security = container["securityContext"]
@@ -229,8 +240,8 @@ def main():
     if len(sys.argv) != 2:
         sys.exit("usage: check.py path/to/relay")
     env_vars = relay_env_vars(sys.argv[1])
-    env_file_metrics_port = check_env_file(env_vars)
-    check_unit()
+    env_file_metrics_port, drain_seconds = check_env_file(env_vars)
+    check_unit(drain_seconds)
     metrics_port = check_kubernetes(env_vars)
     check(env_file_metrics_port == metrics_port, "relay.env and the DaemonSet use different metrics ports")
     check_prometheus(metrics_port)

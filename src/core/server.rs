@@ -485,6 +485,29 @@ impl Server {
         gauges
     }
 
+    /// Swaps in a reloaded configuration (SIGHUP), keeping every allocation. What is bound
+    /// to sockets stays as it is (listen and relay addresses, the port range, the metrics
+    /// address, the host's addresses): changing it needs a restart. Everything else, and
+    /// every field added to `Config` later, takes effect for the next request; the peer
+    /// policy is rebuilt from it. Allocations over a lowered quota are not ended: the quota
+    /// refuses new ones.
+    pub fn reconfigure(&mut self, mut new: Config) {
+        let old = &self.config;
+        new.listeners = old.listeners.clone();
+        new.relay_v4 = old.relay_v4;
+        new.relay_v6 = old.relay_v6;
+        new.ports = old.ports.clone();
+        new.metrics_addr = old.metrics_addr;
+        new.host_addresses = old.host_addresses.clone();
+        self.policy = PeerPolicy::for_config(&new);
+        self.config = new;
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Opens or closes the door to new allocations; existing ones are not touched.
     pub fn set_availability(&mut self, availability: Availability) {
         self.availability = availability;

@@ -5,6 +5,7 @@
 #[allow(unsafe_code)] // recvmmsg, sendmmsg, sendmsg with UDP GSO
 mod batch;
 pub mod clock;
+pub mod control;
 mod http;
 #[allow(unsafe_code)] // getifaddrs
 pub mod interfaces;
@@ -12,6 +13,8 @@ pub mod interfaces;
 pub mod limits;
 #[allow(unsafe_code)] // sysconf, getrlimit (process gauges)
 mod metrics;
+#[allow(unsafe_code)] // clock_gettime (CLOCK_MONOTONIC for systemd)
+mod notify;
 #[allow(unsafe_code)] // signalfd
 mod signals;
 #[allow(unsafe_code)] // setsockopt
@@ -76,6 +79,8 @@ pub struct Options {
     pub start_time_unix: u64,
     /// TURN over TCP and TLS.
     pub streams: StreamOptions,
+    /// Reload, drain and systemd notifications.
+    pub control: control::Control,
 }
 
 /// I/O failures of the driver, counted, never fatal.
@@ -115,6 +120,7 @@ pub struct Driver {
     signals: signals::ShutdownSignals,
     http: Option<http::HttpServer>,
     start_time_unix: u64,
+    control: control::Control,
 }
 
 impl Driver {
@@ -199,6 +205,7 @@ impl Driver {
             signals,
             http,
             start_time_unix: options.start_time_unix,
+            control: options.control,
         };
         driver.bind_stream_listeners(&udp_bound)?;
         Ok(driver)
@@ -271,8 +278,10 @@ impl Driver {
             .collect()
     }
 
-    /// Runs until SIGTERM or SIGINT; returns Ok then, and every socket closes on drop.
+    /// Runs until SIGTERM or SIGINT, or a drain's end (control.rs); returns Ok then, and
+    /// every socket closes on drop.
     pub fn run(&mut self) -> io::Result<()> {
+        self.notify_ready();
         let mut events = Events::with_capacity(1024);
         let mut http_deadline = None;
         loop {
@@ -296,15 +305,9 @@ impl Driver {
                 match event.token() {
                     SIGNAL_TOKEN => {
                         while let Some(signal) = self.signals.take() {
-                            if signal == libc::SIGHUP {
-                                self.streams.reload_certificate();
-                                continue;
+                            if self.on_signal(signal, now.instant) {
+                                return Ok(());
                             }
-                            info!(
-                                "signal {signal}: shutting down, closing {} allocations",
-                                self.core.allocation_count()
-                            );
-                            return Ok(());
                         }
                     }
                     HTTP_LISTENER_TOKEN => self.accept_http(now.instant),
@@ -324,6 +327,9 @@ impl Driver {
             self.ready = ready;
             self.close_ended_connections(now);
             self.flush_connections();
+            if self.drain_finished(clock::now().instant) {
+                return Ok(());
+            }
             http_deadline = self
                 .http
                 .as_mut()
@@ -339,6 +345,7 @@ impl Driver {
             self.core.poll_timeout(),
             http_deadline,
             self.streams.next_deadline(),
+            self.control.deadline(),
         ]
         .into_iter()
         .flatten()

@@ -1,5 +1,6 @@
-//! SIGTERM and SIGINT (shutdown) and SIGHUP (reload the certificate) as an ordinary readable descriptor (signalfd), so shutdown is one more
-//! event of the mio loop: no handler, no flag, no extra thread.
+//! SIGTERM and SIGINT (shutdown or drain), SIGHUP (reload) and SIGUSR1 (drain) as an
+//! ordinary readable descriptor (signalfd), so each is one more event of the mio loop: no
+//! handler, no flag, no extra thread. What each does is control.rs.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -9,7 +10,7 @@ pub(super) struct ShutdownSignals {
 }
 
 impl ShutdownSignals {
-    /// Blocks SIGTERM/SIGINT for this (single-threaded) process and opens a signalfd for them.
+    /// Blocks SIGTERM/SIGINT/SIGHUP/SIGUSR1 for this (single-threaded) process and opens a signalfd for them.
     /// Must run before any other thread exists, so every thread inherits the mask.
     pub(super) fn new() -> io::Result<ShutdownSignals> {
         // SAFETY: sigset operations on a zeroed local set; sigprocmask and signalfd only read it.
@@ -18,8 +19,9 @@ impl ShutdownSignals {
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGTERM);
             libc::sigaddset(&mut set, libc::SIGINT);
-            // SIGHUP reloads the TLS certificate (no longer the default: terminate).
+            // SIGHUP reloads, SIGUSR1 drains (no longer their default: terminate).
             libc::sigaddset(&mut set, libc::SIGHUP);
+            libc::sigaddset(&mut set, libc::SIGUSR1);
             if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
                 return Err(io::Error::last_os_error());
             }

@@ -110,6 +110,28 @@ impl RelayProcess {
         self.child.id()
     }
 
+    /// Sends `signal` and returns at once (reload, drain).
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill(2) with our own child's pid, which is not reaped while `self` lives.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill({signal})");
+    }
+
+    /// Waits (bounded) for the relay to exit by itself.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the relay") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "relay did not exit within {WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Sends SIGTERM and waits (bounded) for the exit status. If the relay does not exit in
     /// time the test fails, and `Drop` still kills it.
     pub fn terminate(&mut self) -> ExitStatus {

@@ -22,6 +22,7 @@ mod known_answers;
 mod malformed;
 mod permissions;
 mod quotas;
+mod reconfigure;
 mod refresh;
 mod relay_ports;
 mod stream;
