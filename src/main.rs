@@ -32,7 +32,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    relay::logging::init(args.log_format);
 
     let settings = match cli::settings(args, || hex(&random_bytes::<16>())) {
         Ok(settings) => settings,
@@ -69,6 +69,7 @@ fn main() -> ExitCode {
             no_allocation_deadline: streams.no_allocation_deadline,
             handshake_deadline: streams.handshake_deadline,
         },
+        log_client_addresses: settings.log_client_addresses,
     };
     let mut driver = match Driver::new(settings.config, random_bytes::<32>(), options) {
         Ok(driver) => driver,

@@ -52,7 +52,8 @@
 //! - `server` (with `requests/`, one file per method): dispatch, the output queue, the
 //!   public API (`Server`).
 //! - `client` (who a client is: transport and address), `time` (`Now`), `failure` (the
-//!   error table), `config`, `counters`, `ids`, and the seeded `rng` and `hasher`.
+//!   error table), `config`, `counters`, `ids`, `usage` (the record of an allocation that
+//!   ended), and the seeded `rng` and `hasher`.
 
 #![forbid(unsafe_code)]
 
@@ -69,6 +70,7 @@ mod policy;
 mod rng;
 mod server;
 pub mod time;
+pub mod usage;
 pub mod wire;
 
 // The paths tests, fuzzers and tools have always used.
@@ -90,3 +92,4 @@ pub use policy::own_sockets::OwnSockets;
 pub use policy::{PeerPolicy, PeerUse};
 pub use server::{Deliver, Forward, HEADROOM, OpenError, Output, Server, TAILROOM};
 pub use time::Now;
+pub use usage::{EndReason, Traffic, Usage, UsageRecord};

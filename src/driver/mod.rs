@@ -18,6 +18,7 @@ mod signals;
 mod sockets;
 mod stream;
 pub mod tls;
+pub mod usage_log;
 
 pub use stream::{StreamCounters, StreamOptions};
 
@@ -72,6 +73,8 @@ pub struct Options {
     pub start_time_unix: u64,
     /// TURN over TCP and TLS.
     pub streams: StreamOptions,
+    /// Usage records carry the client's address (`--log-client-addresses`).
+    pub log_client_addresses: bool,
 }
 
 /// I/O failures of the driver, counted, never fatal.
@@ -108,6 +111,7 @@ pub struct Driver {
     signals: signals::ShutdownSignals,
     http: Option<http::HttpServer>,
     start_time_unix: u64,
+    log_client_addresses: bool,
 }
 
 impl Driver {
@@ -192,6 +196,7 @@ impl Driver {
             signals,
             http,
             start_time_unix: options.start_time_unix,
+            log_client_addresses: options.log_client_addresses,
         };
         driver.bind_stream_listeners(&udp_bound)?;
         Ok(driver)
@@ -484,6 +489,7 @@ impl Driver {
     }
 
     fn drain_outputs(&mut self, now: Now) {
+        self.log_usage_records(None);
         let Some(first) = self.core.poll_output() else {
             return;
         };

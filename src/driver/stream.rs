@@ -21,9 +21,9 @@ use super::tls::ReloadableConfig;
 use super::tls::connection::TlsConnection;
 
 mod connection;
-use super::{Driver, Socket};
+use super::{Driver, Socket, usage_log};
 use crate::core::wire::stream_framing::{NextFrame, TLS_HANDSHAKE_FIRST_BYTE, next_frame};
-use crate::core::{ConnectionId, Now};
+use crate::core::{ConnectionId, Now, Transport};
 pub(super) use connection::{Connection, Kind};
 use connection::{State, WRITE_LIMIT};
 
@@ -470,7 +470,27 @@ impl Driver {
         }
         self.core
             .handle_connection_closed(now, ConnectionId(key), conn.peer);
+        // The connection has left the slab: name its transport here.
+        self.log_usage_records(Some((ConnectionId(key), conn.kind())));
         self.drain_outputs(now);
+    }
+
+    /// Logs the usage records of allocations that ended, naming a stream's transport by its
+    /// connection (the core knows only that it is a stream); `closed` is one that has just
+    /// left the slab.
+    pub(super) fn log_usage_records(&mut self, closed: Option<(ConnectionId, Kind)>) {
+        while let Some(record) = self.core.poll_usage_record() {
+            let transport = match record.transport {
+                Transport::Udp(_) => "udp",
+                Transport::Stream(id) => match (closed, self.sockets.get(id.0)) {
+                    (Some((closed, kind)), _) if closed == id => kind.label(),
+                    (_, Some(Socket::Connection(conn))) => conn.kind().label(),
+                    // Not reached: a stream allocation ends with or before its connection.
+                    _ => "tcp",
+                },
+            };
+            usage_log::log(&record, transport, self.log_client_addresses);
+        }
     }
 
     /// Closes the connections past a deadline. (A write error is not handled where it
