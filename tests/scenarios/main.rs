@@ -24,5 +24,7 @@ mod permissions;
 mod quotas;
 mod refresh;
 mod relay_ports;
+mod software;
 mod stream;
 mod unproven_source;
+mod usage;
