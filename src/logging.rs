@@ -11,12 +11,14 @@ use std::io::Write;
 use log::kv::{self, VisitSource};
 use log::{LevelFilter, Record};
 
-/// How log lines look.
+/// How log lines look: env_logger's human-readable lines (a record's fields appended as
+/// `key=value`), or one JSON object per line.
+// The variants have no doc comments: clap would list them in --help as a block of their
+// own instead of `[possible values: text, json]`.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
-    /// env_logger's human-readable lines, fields appended as `key=value`.
     Text,
-    /// One JSON object per line.
     Json,
 }
 
