@@ -9,6 +9,7 @@ use crate::core::allocations::allocation::{Allocation, RelaySocket};
 use crate::core::allocations::{Expired, RelaysToClose, quota_user};
 use crate::core::ids::{AllocationId, Family};
 use crate::core::server::{Output, Server};
+use crate::core::time::Now;
 use crate::core::usage::{EndReason, UsageRecord};
 
 impl Server {
@@ -30,10 +31,10 @@ impl Server {
 
     /// Ends every allocation for `reason` (the drain's deadline), each with its usage
     /// record. O(allocations); once per process.
-    pub fn end_all(&mut self, now: Instant, reason: EndReason) {
+    pub fn end_all(&mut self, now: Now, reason: EndReason) {
         let ids: Vec<AllocationId> = self.allocations.iter().map(|(id, _)| id).collect();
         for id in ids {
-            self.end_allocation(id, now, reason);
+            self.end_allocation(id, now.instant, reason);
         }
     }
 

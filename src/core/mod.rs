@@ -24,6 +24,9 @@
 //! - Everything else is queued: [`Server::poll_output`] yields [`Output`]s (responses,
 //!   relay sockets to open or close) in the order they must be carried out.
 //! - [`Server::poll_timeout`]: when to call `handle_timeout` next (`None`: nothing pending).
+//! - [`Server::poll_usage_record`]: the [`UsageRecord`] of each allocation that ended, for
+//!   the driver to log. A queue of its own: it asks the driver to do nothing, and it is
+//!   drained like the outputs, after every input.
 //!
 //! **Drain all outputs before the next input.** After every `handle_*` call the driver
 //! calls `poll_output` until it returns `None`, and asks `poll_timeout` last: each input

@@ -110,7 +110,7 @@ fn end_all_ends_every_allocation_with_a_drained_record() {
     h.set_time(5);
     let b = h.allocate(&d);
     h.set_time(70);
-    let now = h.now().instant;
+    let now = h.now();
     h.server.end_all(now, EndReason::Drained);
     let outputs = h.drain();
     assert_same_outputs_any_order(&outputs, &[Seen::Close(a.relay), Seen::Close(b.relay)]);
