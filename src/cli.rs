@@ -10,11 +10,14 @@ use clap::Parser;
 use crate::core::credentials::rest_api_password;
 use crate::core::{Cidr, Config, Lifetimes, RelayAddress};
 use crate::driver::interfaces;
+use crate::logging::LogFormat;
 
 pub mod config_file;
 
 /// The realm used when `--realm` is not given.
 pub const DEFAULT_REALM: &str = "relay";
+/// SOFTWARE is "fewer than 128 characters" (RFC 8489 §14.14; at most 509 bytes of UTF-8).
+pub const MAX_SOFTWARE_CHARS: usize = 127;
 /// Dual-stack by default; IPv6 sockets are IPV6_V6ONLY so both can bind port 3478.
 pub const DEFAULT_LISTEN: [&str; 2] = ["0.0.0.0:3478", "[::]:3478"];
 
@@ -185,6 +188,27 @@ pub struct Args {
     )]
     pub max_connections_per_ip: usize,
 
+    /// Log format: text (human-readable lines) or json (one object per line: time, level,
+    /// target, message and the record's fields).
+    #[arg(
+        long,
+        env = "RELAY_LOG_FORMAT",
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+
+    /// Put the client's address in each allocation's usage record [default: off, for the
+    /// clients' privacy].
+    #[arg(long, env = "RELAY_LOG_CLIENT_ADDRESSES")]
+    pub log_client_addresses: bool,
+
+    /// Put a SOFTWARE attribute with TEXT (at most 127 characters) in authenticated
+    /// responses [default: none].
+    #[arg(long, env = "RELAY_SOFTWARE", value_name = "TEXT")]
+    pub software: Option<String>,
+
     /// TCP and TLS connections without an allocation yet; when reached, the oldest of them
     /// is closed for a new one.
     #[arg(
@@ -350,6 +374,8 @@ pub struct Settings {
     pub drain: Duration,
     /// Where a draining relay sends new allocations, if anywhere.
     pub alternate_server: Option<SocketAddr>,
+    /// Whether usage records carry the client's address.
+    pub log_client_addresses: bool,
 }
 
 /// Validates the flags into the core's `Config` and the driver's settings.
@@ -388,6 +414,14 @@ pub fn settings(
     }
     if args.realm.is_empty() || args.realm.chars().count() >= 128 || args.realm.contains('"') {
         return Err("--realm: must be 1 to 127 characters, without '\"'".into());
+    }
+    if let Some(software) = &args.software
+        && (software.is_empty() || software.chars().count() > MAX_SOFTWARE_CHARS)
+    {
+        return Err(format!(
+            "--software: must be 1 to {MAX_SOFTWARE_CHARS} characters (RFC 8489 §14.14), got {}",
+            software.chars().count()
+        ));
     }
     if args.auth_secret.iter().any(String::is_empty) {
         return Err("--auth-secret: must not be empty".into());
@@ -450,6 +484,7 @@ pub fn settings(
         host_addresses: interfaces::local_addresses(),
         keep_client_family: args.keep_client_family,
         strict_credential_expiry: args.strict_credential_expiry,
+        software: args.software,
     };
     Ok(Settings {
         streams,
@@ -460,6 +495,7 @@ pub fn settings(
         log_level: args.log_level,
         drain: Duration::from_secs(args.drain_seconds),
         alternate_server: args.alternate_server,
+        log_client_addresses: args.log_client_addresses,
     })
 }
 

@@ -34,10 +34,6 @@ fn main() -> ExitCode {
             }
         };
     }
-    // The logger passes everything (RUST_LOG may narrow it per module); the level is
-    // log::set_max_level's, from --log-level, so that SIGHUP can change it.
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("trace")).init();
-
     if args.config_file.is_some() {
         args = match cli::config_file::args_with_config_file(&argv) {
             Ok(args) => args,
@@ -47,6 +43,7 @@ fn main() -> ExitCode {
             }
         };
     }
+    relay::logging::init(args.log_format);
     let settings = match cli::settings(args, || hex(&random_bytes::<16>())) {
         Ok(settings) => settings,
         Err(message) => {
@@ -101,6 +98,7 @@ fn main() -> ExitCode {
             no_allocation_deadline: streams.no_allocation_deadline,
             handshake_deadline: streams.handshake_deadline,
         },
+        log_client_addresses: settings.log_client_addresses,
     };
     let mut driver = match Driver::new(settings.config, random_bytes::<32>(), options) {
         Ok(driver) => driver,

@@ -92,6 +92,9 @@ fn invalid_configuration_exits_non_zero_with_a_clear_message() {
             &[],
             "--max-allocations",
         ),
+        (&["--software", ""], &[], "--software"),
+        (&["--log-format", "xml"], &[], "--log-format"),
+        (&[], &[("RELAY_LOG_FORMAT", "yaml")], "--log-format"),
     ];
     for (args, env, mentions) in cases {
         let output = run(args, env);
@@ -100,6 +103,28 @@ fn invalid_configuration_exits_non_zero_with_a_clear_message() {
         assert!(
             stderr.contains(mentions),
             "{args:?}: stderr {stderr:?} should mention {mentions}"
+        );
+    }
+}
+
+/// SOFTWARE is "fewer than 128 characters" (RFC 8489 §14.14): 127 pass (the next check,
+/// an empty secret, is what fails), 128 are refused with exit code 2, counted in characters,
+/// not bytes.
+#[test]
+fn software_longer_than_127_characters_is_refused() {
+    let longest = "😀".repeat(127);
+    let output = run(&["--software", &longest, "--auth-secret", ""], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--auth-secret"), "{stderr}");
+    assert!(!stderr.contains("--software"), "{stderr}");
+    for too_long in ["😀".repeat(128), "x".repeat(128)] {
+        let output = run(&[], &[("RELAY_SOFTWARE", &too_long)]);
+        assert_eq!(output.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("--software: must be 1 to 127 characters"),
+            "{stderr}"
         );
     }
 }

@@ -402,6 +402,20 @@ fn relays_both_ways(relay: &mut RelayProcess, mut client: StreamClient, transpor
 
     drop(client);
     wait_metric(relay, &series, 0);
+    // Its usage record names the transport the driver knew the connection by, and counts
+    // payload bytes without the stream padding: "hello" + "slowly" one way, 3 + 4 + 7 + 0
+    // the other.
+    let record = relay.wait_for_log(&format!("transport={transport} "));
+    for expected in [
+        "relay::usage",
+        "reason=connection_closed",
+        "client_to_peer_packets=2 ",
+        "client_to_peer_bytes=11 ",
+        "peer_to_client_packets=4 ",
+        "peer_to_client_bytes=14 ",
+    ] {
+        assert!(record.contains(expected), "{expected} in {record}");
+    }
 }
 
 #[test]

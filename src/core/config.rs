@@ -55,6 +55,9 @@ pub struct Config {
     /// Judge a REST username's expiry on every request, so that the allocations made with it
     /// cannot be refreshed past it; by default it is judged when the allocation is created.
     pub strict_credential_expiry: bool,
+    /// SOFTWARE (RFC 8489 §14.14) put in authenticated responses (`--software`); at most
+    /// 127 characters, checked by the CLI.
+    pub software: Option<String>,
 }
 
 impl Config {
@@ -118,6 +121,7 @@ impl Default for Config {
             host_addresses: Vec::new(),
             keep_client_family: false,
             strict_credential_expiry: false,
+            software: None,
         }
     }
 }

@@ -24,6 +24,9 @@
 //! - Everything else is queued: [`Server::poll_output`] yields [`Output`]s (responses,
 //!   relay sockets to open or close) in the order they must be carried out.
 //! - [`Server::poll_timeout`]: when to call `handle_timeout` next (`None`: nothing pending).
+//! - [`Server::poll_usage_record`]: the [`UsageRecord`] of each allocation that ended, for
+//!   the driver to log. A queue of its own: it asks the driver to do nothing, and it is
+//!   drained like the outputs, after every input.
 //!
 //! **Drain all outputs before the next input.** After every `handle_*` call the driver
 //! calls `poll_output` until it returns `None`, and asks `poll_timeout` last: each input
@@ -52,7 +55,8 @@
 //! - `server` (with `requests/`, one file per method): dispatch, the output queue, the
 //!   public API (`Server`).
 //! - `client` (who a client is: transport and address), `time` (`Now`), `failure` (the
-//!   error table), `config`, `counters`, `ids`, and the seeded `rng` and `hasher`.
+//!   error table), `config`, `counters`, `ids`, `usage` (the record of an allocation that
+//!   ended), and the seeded `rng` and `hasher`.
 
 #![forbid(unsafe_code)]
 
@@ -69,6 +73,7 @@ mod policy;
 mod rng;
 mod server;
 pub mod time;
+pub mod usage;
 pub mod wire;
 
 // The paths tests, fuzzers and tools have always used.
@@ -90,3 +95,4 @@ pub use policy::own_sockets::OwnSockets;
 pub use policy::{PeerPolicy, PeerUse};
 pub use server::{Deliver, Forward, HEADROOM, OpenError, Output, Server, TAILROOM};
 pub use time::Now;
+pub use usage::{EndReason, Traffic, Usage, UsageRecord};

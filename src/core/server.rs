@@ -17,7 +17,7 @@ use std::time::Instant;
 use stun_codec::MessageClass;
 
 use super::allocations::allocation::RelaySocket;
-use super::allocations::{Allocations, Expired, Footprint, Opened, RelaysToClose};
+use super::allocations::{Allocations, Footprint, Opened};
 use super::auth::admission::Admission;
 use super::auth::nonce::NonceKey;
 use super::availability::Availability;
@@ -29,12 +29,15 @@ use super::ids::{AllocationId, ConnectionId, Family, ListenerId, RelayId};
 use super::policy::PeerPolicy;
 use super::rng::Rng;
 use super::time::Now;
+use super::usage::{EndReason, UsageRecord};
 use super::wire::relayed_frames::{write_channel_data_header, write_data_indication_header};
 use super::wire::stream_framing::pad_for_stream;
 use super::wire::{self as message, Framing, Header};
 
 // The request handlers are `Server`'s own methods, one file per method under `requests/`;
 // as a child module they see its private fields, which nothing else does.
+#[path = "ending.rs"]
+mod ending;
 #[path = "requests/mod.rs"]
 mod requests;
 
@@ -125,6 +128,8 @@ pub struct Server {
     indication_counter: u32,
     /// Whether new Allocates are taken (drain, portal init).
     availability: Availability,
+    /// Usage records of allocations that ended, for the driver to log.
+    usage_records: VecDeque<UsageRecord>,
 }
 
 impl Server {
@@ -146,6 +151,7 @@ impl Server {
             indication_prefix,
             indication_counter: 0,
             availability: Availability::Serving,
+            usage_records: VecDeque::new(),
         }
     }
 
@@ -178,14 +184,14 @@ impl Server {
     /// any, is deleted and its relay sockets closed, as by a Refresh with lifetime 0.
     pub fn handle_connection_closed(
         &mut self,
-        _now: Now,
+        now: Now,
         connection: ConnectionId,
         from: SocketAddr,
     ) {
         let client = ClientKey::stream(connection, from);
         if let Some((id, _)) = self.allocations.of_client(&client) {
             self.counters.allocations_closed_with_connection += 1;
-            self.remove_allocation(id);
+            self.end_allocation(id, now.instant, EndReason::ConnectionClosed);
         }
     }
 
@@ -254,7 +260,7 @@ impl Server {
         channel: u16,
         payload: Range<usize>,
     ) -> Option<Forward> {
-        let Some((_, allocation)) = self.allocations.live(&client, now) else {
+        let Some((id, allocation)) = self.allocations.live(&client, now) else {
             self.counters.channel_data_no_allocation += 1;
             return None;
         };
@@ -268,6 +274,9 @@ impl Server {
         };
         self.counters.relayed_to_peer_packets += 1;
         self.counters.relayed_to_peer_bytes += payload.len() as u64;
+        if let Some(usage) = self.allocations.usage_mut(id) {
+            usage.client_to_peer.add(payload.len());
+        }
         Some(Forward {
             relay,
             peer,
@@ -335,6 +344,9 @@ impl Server {
         };
         self.counters.relayed_to_client_packets += 1;
         self.counters.relayed_to_client_bytes += len as u64;
+        if let Some(usage) = self.allocations.usage_mut(allocation) {
+            usage.peer_to_client.add(len);
+        }
         Some(Deliver {
             transport: client.transport,
             client: client.addr,
@@ -395,29 +407,13 @@ impl Server {
     /// Expires what is due by `now` (see `Allocations::expire_due`).
     fn expire_due(&mut self, now: Instant) {
         let expired = self.allocations.expire_due(now);
-        self.expired(expired);
+        self.expired(expired, now);
     }
 
     /// Also what expired earlier in the current second (see `Allocations::expire_due_exact`).
     fn expire_due_exact(&mut self, now: Instant) {
         let expired = self.allocations.expire_due_exact(now);
-        self.expired(expired);
-    }
-
-    /// Counts what expired and closes its relay sockets.
-    fn expired(&mut self, expired: Expired) {
-        self.counters.allocations_expired += expired.allocations;
-        for relay in expired.close {
-            self.outputs.push_back(Output::CloseRelay { relay });
-        }
-    }
-
-    /// Deletes an allocation and closes its relay sockets.
-    fn remove_allocation(&mut self, id: AllocationId) {
-        let close: RelaysToClose = self.allocations.remove(id);
-        for relay in close.into_iter().flatten() {
-            self.outputs.push_back(Output::CloseRelay { relay });
-        }
+        self.expired(expired, now);
     }
 
     /// The next thing the driver must do, if any. Drain after every `handle_*`.

@@ -21,6 +21,7 @@ mod signals;
 mod sockets;
 mod stream;
 pub mod tls;
+pub mod usage_log;
 
 pub use stream::{StreamCounters, StreamOptions};
 
@@ -35,7 +36,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use crate::core::{
-    AllocationId, Config, Family, HEADROOM, ListenerId, Now, OpenError, Output, RelayId, Server,
+    AllocationId, Config, EndReason, Family, HEADROOM, ListenerId, Now, OpenError, Output, RelayId, Server,
     Transport,
 };
 
@@ -81,6 +82,8 @@ pub struct Options {
     pub streams: StreamOptions,
     /// Reload, drain and systemd notifications.
     pub control: control::Control,
+    /// Usage records carry the client's address (`--log-client-addresses`).
+    pub log_client_addresses: bool,
 }
 
 /// I/O failures of the driver, counted, never fatal.
@@ -121,6 +124,7 @@ pub struct Driver {
     http: Option<http::HttpServer>,
     start_time_unix: u64,
     control: control::Control,
+    log_client_addresses: bool,
 }
 
 impl Driver {
@@ -206,6 +210,7 @@ impl Driver {
             http,
             start_time_unix: options.start_time_unix,
             control: options.control,
+            log_client_addresses: options.log_client_addresses,
         };
         driver.bind_stream_listeners(&udp_bound)?;
         Ok(driver)
@@ -281,6 +286,16 @@ impl Driver {
     /// Runs until SIGTERM or SIGINT, or a drain's end (control.rs); returns Ok then, and
     /// every socket closes on drop.
     pub fn run(&mut self) -> io::Result<()> {
+        let result = self.serve();
+        // What is still allocated ends with the relay (a drain's deadline, or SIGTERM
+        // without one): each allocation gets its usage record.
+        let now = clock::now();
+        self.core.end_all(now, EndReason::Drained);
+        self.drain_outputs(now);
+        result
+    }
+
+    fn serve(&mut self) -> io::Result<()> {
         self.notify_ready();
         let mut events = Events::with_capacity(1024);
         let mut http_deadline = None;
@@ -513,6 +528,7 @@ impl Driver {
     }
 
     fn drain_outputs(&mut self, now: Now) {
+        self.log_usage_records(None);
         let Some(first) = self.core.poll_output() else {
             return;
         };

@@ -25,7 +25,7 @@ mod connection;
 mod deadlines;
 mod drops;
 mod writes;
-use super::{Driver, Socket};
+use super::{Driver, Socket, usage_log};
 use crate::core::wire::stream_framing::{NextFrame, TLS_HANDSHAKE_FIRST_BYTE, next_frame};
 use crate::core::{AllocationId, ConnectionId, Now, Transport};
 use admission::{Admission, Admit, Limits};
@@ -551,6 +551,8 @@ impl Driver {
         }
         self.core
             .handle_connection_closed(now, ConnectionId(key), conn.peer);
+        // The connection has left the slab: name its transport here.
+        self.log_usage_records(Some((ConnectionId(key), conn.kind())));
         self.drain_outputs(now);
     }
 
@@ -561,6 +563,24 @@ impl Driver {
                 .generation_of(connection.0)
                 .map(|generation| (connection.0, generation)),
             _ => None,
+        }
+    }
+
+    /// Logs the usage records of allocations that ended, naming a stream's transport by its
+    /// connection (the core knows only that it is a stream); `closed` is one that has just
+    /// left the slab.
+    pub(super) fn log_usage_records(&mut self, closed: Option<(ConnectionId, Kind)>) {
+        while let Some(record) = self.core.poll_usage_record() {
+            let transport = match record.transport {
+                Transport::Udp(_) => "udp",
+                Transport::Stream(id) => match (closed, self.sockets.get(id.0)) {
+                    (Some((closed, kind)), _) if closed == id => kind.label(),
+                    (_, Some(Socket::Connection(conn))) => conn.kind().label(),
+                    // Not reached: a stream allocation ends with or before its connection.
+                    _ => "tcp",
+                },
+            };
+            usage_log::log(&record, transport, self.log_client_addresses);
         }
     }
 

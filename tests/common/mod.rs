@@ -132,6 +132,22 @@ impl RelayProcess {
         }
     }
 
+    /// Every line the relay wrote to stderr, once it has exited (`terminate` first): the
+    /// lines seen so far and the rest up to the end of its stderr (bounded wait).
+    pub fn all_logs(&mut self) -> Vec<String> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.logs.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return self.seen.clone(),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("the relay's stderr did not end; saw {:#?}", self.seen)
+                }
+            }
+        }
+    }
+
     /// Sends SIGTERM and waits (bounded) for the exit status. If the relay does not exit in
     /// time the test fails, and `Drop` still kills it.
     pub fn terminate(&mut self) -> ExitStatus {

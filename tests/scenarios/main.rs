@@ -25,5 +25,7 @@ mod quotas;
 mod reconfigure;
 mod refresh;
 mod relay_ports;
+mod software;
 mod stream;
 mod unproven_source;
+mod usage;

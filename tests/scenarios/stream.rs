@@ -10,7 +10,7 @@ use crate::harness::*;
 const CONN: ConnectionId = ConnectionId(7);
 
 /// Sends `req` over connection `connection` from `from`; returns the outputs.
-fn send_on(
+pub(crate) fn send_on(
     h: &mut Harness,
     connection: ConnectionId,
     from: SocketAddr,
@@ -23,7 +23,7 @@ fn send_on(
 }
 
 /// A client that allocates over `connection`: 401 with a nonce, then the Allocate.
-fn allocate_on(
+pub(crate) fn allocate_on(
     h: &mut Harness,
     connection: ConnectionId,
     from: SocketAddr,

@@ -10,6 +10,7 @@ use super::ports::PortNeed;
 use super::timer_wheel::TimerHandle;
 use crate::core::client::ClientKey;
 use crate::core::ids::{Family, RelayId};
+use crate::core::usage::Usage;
 
 /// Bounds on per-allocation state, so that one authenticated client cannot grow memory
 /// without limit. WebRTC clients use a handful of each.
@@ -72,6 +73,8 @@ pub(crate) struct NewAllocation {
     pub(crate) key: [u8; 16],
     pub(crate) expires_at: Instant,
     pub(crate) created_unix: u64,
+    /// When it was created, for the usage record's duration.
+    pub(crate) created_at: Instant,
     /// The ports taken for it, by `Family::index()`; a socket is opened on each.
     pub(crate) ports: [Option<u16>; 2],
     pub(crate) allocate_transaction: TransactionId,
@@ -90,6 +93,10 @@ pub(crate) struct Allocation {
     /// Unix seconds when it was created: the oldest nonce a closing Refresh may carry
     /// stale is one issued a nonce lifetime before that.
     pub created_unix: u64,
+    /// When it was created (the usage record's duration starts here).
+    pub created_at: Instant,
+    /// What it relayed so far, both ways (for the usage record).
+    pub usage: Usage,
     /// Indexed by `Family::index()`.
     pub(super) relays: [RelaySocket; 2],
     pub permissions: Vec<Permission>,
@@ -125,6 +132,8 @@ impl Allocation {
             key: new.key,
             expires_at: new.expires_at,
             created_unix: new.created_unix,
+            created_at: new.created_at,
+            usage: Usage::default(),
             relays: new.ports.map(|port| match port {
                 Some(port) => RelaySocket::Opening { port, attempts: 1 },
                 None => RelaySocket::None,
@@ -295,6 +304,8 @@ mod tests {
             key: [0; 16],
             expires_at: now + Duration::from_secs(600),
             created_unix: 0,
+            created_at: now,
+            usage: Usage::default(),
             relays: [
                 RelaySocket::Open {
                     relay: RelayId(1),

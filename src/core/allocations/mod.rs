@@ -28,6 +28,7 @@ use super::hasher::SeededState;
 use super::ids::{AllocationId, Family, RelayId};
 use super::rng::Rng;
 use super::server::OpenError;
+use super::usage::Usage;
 
 pub use invariants::Footprint;
 
@@ -86,10 +87,11 @@ pub(crate) enum Opened {
     Failed,
 }
 
-/// What expired: allocations removed, and their relay sockets to close, in order.
-#[derive(Debug, Default)]
+/// What expired: allocations removed (for their usage records), and their relay sockets
+/// to close, in order.
+#[derive(Default)]
 pub(crate) struct Expired {
-    pub(crate) allocations: u64,
+    pub(crate) ended: Vec<(AllocationId, Allocation)>,
     pub(crate) close: Vec<RelayId>,
 }
 
@@ -127,6 +129,12 @@ impl Allocations {
 
     pub(crate) fn get(&self, id: AllocationId) -> Option<&Allocation> {
         self.slots.get(id)
+    }
+
+    /// The traffic counters of an allocation, to count a relayed datagram: a slot lookup,
+    /// no hashing. (Only the counters: everything else changes through `update`.)
+    pub(crate) fn usage_mut(&mut self, id: AllocationId) -> Option<&mut Usage> {
+        self.slots.get_mut(id).map(|a| &mut a.usage)
     }
 
     /// Changes the protocol state of an allocation (lifetime, permissions, channels, the
@@ -433,12 +441,11 @@ impl Allocations {
     }
 
     /// Deletes an allocation: its ports return to the pool (or wait for an open in flight)
-    /// and its relay sockets are to be closed. Its reservation, if any, lives on.
-    pub(crate) fn remove(&mut self, id: AllocationId) -> RelaysToClose {
+    /// and its relay sockets are to be closed. Its reservation, if any, lives on. Returns
+    /// what it was (for the usage record), `None` if it was gone already.
+    pub(crate) fn remove(&mut self, id: AllocationId) -> Option<(Allocation, RelaysToClose)> {
         let mut close = [None, None];
-        let Some(allocation) = self.slots.remove(id) else {
-            return close;
-        };
+        let allocation = self.slots.remove(id)?;
         if let Some(handle) = allocation.timer {
             self.timers.cancel(handle, Due::Allocation(id));
         }
@@ -456,7 +463,7 @@ impl Allocations {
                 }
             }
         }
-        close
+        Some((allocation, close))
     }
 
     // ---- time -------------------------------------------------------------------------
@@ -497,8 +504,10 @@ impl Allocations {
         };
         allocation.timer = None;
         if allocation.expires_at <= now {
-            expired.allocations += 1;
-            expired.close.extend(self.remove(id).into_iter().flatten());
+            if let Some((allocation, close)) = self.remove(id) {
+                expired.ended.push((id, allocation));
+                expired.close.extend(close.into_iter().flatten());
+            }
             return;
         }
         allocation.sweep(now);

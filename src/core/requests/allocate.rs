@@ -140,6 +140,7 @@ impl Server {
             key: credentials.key,
             expires_at: now.instant + lifetime,
             created_unix: now.unix_secs,
+            created_at: now.instant,
             ports,
             allocate_transaction: requester.header.transaction_id,
             allocate_fingerprint: requester.fingerprint,
@@ -222,6 +223,7 @@ impl Server {
         for attribute in attributes {
             response.add_attribute(attribute);
         }
+        self.add_software(&mut response, true);
         let bytes = message::encode(response, Some(&allocation.key), requester.fingerprint);
         // Live from now on: its timer entry is filed.
         let answer = bytes.clone();
@@ -244,7 +246,7 @@ impl Server {
         if let Some(token) = allocation.reservation {
             self.allocations.cancel_reservation(token);
         }
-        self.remove_allocation(id);
+        self.discard_allocation(id);
         self.reply_error(&requester, Failure::InsufficientCapacity, Some(&key));
     }
 

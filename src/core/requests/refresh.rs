@@ -10,6 +10,7 @@ use crate::core::failure::Failure;
 use crate::core::ids::AllocationId;
 use crate::core::server::Server;
 use crate::core::time::Now;
+use crate::core::usage::EndReason;
 use crate::core::wire::{Attribute, Decoded};
 
 impl Server {
@@ -32,7 +33,7 @@ impl Server {
             return Err(Failure::PeerAddressFamilyMismatch);
         }
         if requested.is_some_and(|l| l.lifetime().is_zero()) {
-            self.remove_allocation(id);
+            self.end_allocation(id, now.instant, EndReason::Deleted);
             return Ok(vec![lifetime_attribute(Duration::ZERO)]);
         }
         self.allocations

@@ -1,7 +1,8 @@
 //! Building and sending responses: success, errors from the one `Failure` table, and the
 //! admission of answers to unauthenticated requests.
 
-use stun_codec::MessageClass;
+use stun_codec::rfc5389::attributes::Software;
+use stun_codec::{Message, MessageClass};
 
 use super::Requester;
 use crate::core::client::Transport;
@@ -20,7 +21,21 @@ impl Server {
         for attribute in attributes {
             response.add_attribute(attribute);
         }
+        self.add_software(&mut response, key.is_some());
         message::encode(response, key.map(|k| &k[..]), requester.fingerprint)
+    }
+
+    /// SOFTWARE, when configured, in a response signed with the client's key. Never in an
+    /// unauthenticated answer (Binding, 400, 401, 438): those are what a spoofed source
+    /// could have reflected, and `admission` bounds them to 3x the request's bytes; the
+    /// software name is no reason to spend that bound, nor to tell it to strangers.
+    pub(super) fn add_software(&self, response: &mut Message<Attribute>, signed: bool) {
+        if let (true, Some(text)) = (signed, &self.config.software)
+            // The CLI checked its length; the encoder checks it again.
+            && let Ok(software) = Software::new(text.clone())
+        {
+            response.add_attribute(Attribute::Software(software));
+        }
     }
 
     /// An error answer to a request that is not authenticated (yet).
@@ -91,6 +106,7 @@ impl Server {
         for attribute in failure.attributes(&self.config.realm) {
             response.add_attribute(attribute);
         }
+        self.add_software(&mut response, key.is_some());
         message::encode(response, key.map(|k| &k[..]), requester.fingerprint)
     }
 }

@@ -41,7 +41,7 @@ impl Server {
         }
         let peer = message.get_attribute::<XorPeerAddress>()?.address();
         let data_len = message.get_attribute::<Data>()?.data().len();
-        let allocation = self.allocations.live(&requester.client, now.instant)?.1;
+        let (id, allocation) = self.allocations.live(&requester.client, now.instant)?;
         // RFC 8656 §10.2: DONT-FRAGMENT on a Send we cannot honour (the socket was opened
         // without DF) means drop it.
         if message.get_attribute::<DontFragment>().is_some() && !allocation.dont_fragment {
@@ -61,6 +61,9 @@ impl Server {
         }
         self.counters.relayed_to_peer_packets += 1;
         self.counters.relayed_to_peer_bytes += payload.len() as u64;
+        if let Some(usage) = self.allocations.usage_mut(id) {
+            usage.client_to_peer.add(payload.len());
+        }
         Some(Forward {
             relay,
             peer,
