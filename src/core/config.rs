@@ -55,6 +55,27 @@ pub struct Config {
     /// Judge a REST username's expiry on every request, so that the allocations made with it
     /// cannot be refreshed past it; by default it is judged when the allocation is created.
     pub strict_credential_expiry: bool,
+    /// Relayed bits per second (payload, both directions together) per allocation, per
+    /// user and in total; beyond them datagrams are dropped (`allocations/bandwidth.rs`).
+    pub bandwidth: BandwidthLimits,
+}
+
+/// Bandwidth limits in bits per second of relayed payload; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BandwidthLimits {
+    /// Per allocation (`--max-bps-per-allocation`).
+    pub per_allocation: Option<u64>,
+    /// Per user, all their allocations together (`--max-bps-per-user`).
+    pub per_user: Option<u64>,
+    /// For the whole relay (`--max-bps-total`).
+    pub total: Option<u64>,
+}
+
+impl BandwidthLimits {
+    /// Whether no level is limited: the data path then skips the buckets altogether.
+    pub fn is_unlimited(&self) -> bool {
+        self.per_allocation.is_none() && self.per_user.is_none() && self.total.is_none()
+    }
 }
 
 impl Config {
@@ -118,6 +139,7 @@ impl Default for Config {
             host_addresses: Vec::new(),
             keep_client_family: false,
             strict_credential_expiry: false,
+            bandwidth: BandwidthLimits::default(),
         }
     }
 }

@@ -17,6 +17,7 @@ use std::time::Instant;
 use stun_codec::MessageClass;
 
 use super::allocations::allocation::RelaySocket;
+use super::allocations::bandwidth::Limited;
 use super::allocations::{Allocations, Expired, Footprint, Opened, RelaysToClose};
 use super::auth::admission::Admission;
 use super::auth::nonce::NonceKey;
@@ -245,7 +246,7 @@ impl Server {
         channel: u16,
         payload: Range<usize>,
     ) -> Option<Forward> {
-        let Some((_, allocation)) = self.allocations.live(&client, now) else {
+        let Some((id, allocation)) = self.allocations.live(&client, now) else {
             self.counters.channel_data_no_allocation += 1;
             return None;
         };
@@ -257,6 +258,9 @@ impl Server {
             self.counters.channel_data_unbound += 1;
             return None;
         };
+        if !self.within_bandwidth(id, payload.len(), now) {
+            return None;
+        }
         self.counters.relayed_to_peer_packets += 1;
         self.counters.relayed_to_peer_bytes += payload.len() as u64;
         Some(Forward {
@@ -300,7 +304,11 @@ impl Server {
             return None;
         }
         let client = a.client();
-        let frame = match a.channel_to(from, now) {
+        let channel = a.channel_to(from, now);
+        if !self.within_bandwidth(allocation, len, now) {
+            return None;
+        }
+        let frame = match channel {
             Some(number) => {
                 let frame = write_channel_data_header(buf, HEADROOM, len, number);
                 match client.transport {
@@ -331,6 +339,27 @@ impl Server {
             client: client.addr,
             frame,
         })
+    }
+
+    /// Whether `len` relayed payload bytes of allocation `id` fit the bandwidth limits
+    /// (taking them if so); a drop is counted by the level that refused it. One branch when
+    /// nothing is limited.
+    pub(super) fn within_bandwidth(&mut self, id: AllocationId, len: usize, now: Instant) -> bool {
+        let limits = &self.config.bandwidth;
+        if limits.is_unlimited() {
+            return true;
+        }
+        match self.allocations.charge(id, len, now, limits) {
+            Ok(()) => true,
+            Err(level) => {
+                *match level {
+                    Limited::PerAllocation => &mut self.counters.bandwidth_per_allocation,
+                    Limited::PerUser => &mut self.counters.bandwidth_per_user,
+                    Limited::Total => &mut self.counters.bandwidth_total,
+                } += 1;
+                false
+            }
+        }
     }
 
     /// The driver's answer to `Output::OpenRelay`.

@@ -41,7 +41,7 @@ impl Server {
         }
         let peer = message.get_attribute::<XorPeerAddress>()?.address();
         let data_len = message.get_attribute::<Data>()?.data().len();
-        let allocation = self.allocations.live(&requester.client, now.instant)?.1;
+        let (id, allocation) = self.allocations.live(&requester.client, now.instant)?;
         // RFC 8656 §10.2: DONT-FRAGMENT on a Send we cannot honour (the socket was opened
         // without DF) means drop it.
         if message.get_attribute::<DontFragment>().is_some() && !allocation.dont_fragment {
@@ -56,7 +56,7 @@ impl Server {
             return None;
         };
         let payload = message::attribute_value(datagram, Data::CODEPOINT)?;
-        if payload.len() != data_len {
+        if payload.len() != data_len || !self.within_bandwidth(id, payload.len(), now.instant) {
             return None;
         }
         self.counters.relayed_to_peer_packets += 1;
