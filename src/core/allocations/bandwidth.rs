@@ -12,7 +12,9 @@
 
 use std::time::{Duration, Instant};
 
+use super::Allocations;
 use crate::core::config::BandwidthLimits;
+use crate::core::ids::AllocationId;
 
 /// How long a bucket can send at line rate after being idle: 100 ms of the limit. Short
 /// enough that a limit holds over any second; long enough to pass a video frame's burst of
@@ -98,6 +100,29 @@ impl Buckets<'_> {
             bucket.bytes -= len;
         }
         Ok(())
+    }
+}
+
+impl Allocations {
+    /// Takes a relayed datagram's `len` payload bytes from the bandwidth buckets of
+    /// allocation `id`, its user and the relay (see the module docs), or says which level is
+    /// full. Two slab indexings, no hashing. A gone allocation is not this check's business.
+    pub(crate) fn charge(
+        &mut self,
+        id: AllocationId,
+        len: usize,
+        now: Instant,
+        limits: &BandwidthLimits,
+    ) -> Result<(), Limited> {
+        let Some(allocation) = self.slots.get_mut(id) else {
+            return Ok(());
+        };
+        Buckets {
+            user: self.user_buckets.get_mut(allocation.user_bucket),
+            allocation: &mut allocation.bucket,
+            total: &mut self.total_bucket,
+        }
+        .charge(len, now, limits)
     }
 }
 

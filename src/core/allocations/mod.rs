@@ -23,12 +23,11 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use self::allocation::{Allocation, NewAllocation, RelaySocket};
-use self::bandwidth::{Buckets, Limited, TokenBucket};
+use self::bandwidth::TokenBucket;
 use self::ports::{PortNeed, PortPool};
 use self::slots::AllocationTable;
 use self::timer_wheel::{Due, TimerHandle, Timers};
 use super::client::ClientKey;
-use super::config::BandwidthLimits;
 use super::hasher::SeededState;
 use super::ids::{AllocationId, Family, RelayId};
 use super::rng::Rng;
@@ -354,27 +353,6 @@ impl Allocations {
         let id = self.slots.insert(allocation);
         self.by_client.insert(client, id);
         id
-    }
-
-    /// Takes a relayed datagram's `len` payload bytes from the bandwidth buckets of
-    /// allocation `id`, its user and the relay (see `bandwidth`), or says which level is
-    /// full. Two slab indexings, no hashing. A gone allocation is not this check's business.
-    pub(crate) fn charge(
-        &mut self,
-        id: AllocationId,
-        len: usize,
-        now: Instant,
-        limits: &BandwidthLimits,
-    ) -> Result<(), Limited> {
-        let Some(allocation) = self.slots.get_mut(id) else {
-            return Ok(());
-        };
-        Buckets {
-            user: self.user_buckets.get_mut(allocation.user_bucket),
-            allocation: &mut allocation.bucket,
-            total: &mut self.total_bucket,
-        }
-        .charge(len, now, limits)
     }
 
     /// The driver's answer to an open of `family`'s relay socket for `id`.
