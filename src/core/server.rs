@@ -342,14 +342,20 @@ impl Server {
     }
 
     /// Whether `len` relayed payload bytes of allocation `id` fit the bandwidth limits
-    /// (taking them if so); a drop is counted by the level that refused it. One branch when
-    /// nothing is limited.
+    /// (taking them if so). Inlined into the data path as one test when nothing is limited
+    /// (measured: as one call it cost ~24 instructions per datagram even then).
+    #[inline(always)]
     pub(super) fn within_bandwidth(&mut self, id: AllocationId, len: usize, now: Instant) -> bool {
-        let limits = &self.config.bandwidth;
-        if limits.is_unlimited() {
-            return true;
-        }
-        match self.allocations.charge(id, len, now, limits) {
+        self.config.bandwidth.is_unlimited() || self.charge_bandwidth(id, len, now)
+    }
+
+    /// `within_bandwidth` with limits: a drop is counted by the level that refused it.
+    #[inline(never)]
+    fn charge_bandwidth(&mut self, id: AllocationId, len: usize, now: Instant) -> bool {
+        match self
+            .allocations
+            .charge(id, len, now, &self.config.bandwidth)
+        {
             Ok(()) => true,
             Err(level) => {
                 *match level {

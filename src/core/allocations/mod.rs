@@ -117,6 +117,8 @@ pub(crate) struct Allocations {
     user_buckets: Slab<TokenBucket>,
     /// The whole relay's bandwidth bucket.
     total_bucket: TokenBucket,
+    /// Bucket times count from here (the first charge): integers on the data path.
+    bandwidth_epoch: Option<Instant>,
     /// One pool per family (RFC 8656 §7.2 allows the same port number in both).
     ports: [PortPool; 2],
     /// Ports held for a later Allocate with RESERVATION-TOKEN, by token.
@@ -136,6 +138,7 @@ impl Allocations {
             user_counts: HashMap::with_hasher(hasher.clone()),
             user_buckets: Slab::new(),
             total_bucket: TokenBucket::default(),
+            bandwidth_epoch: None,
             ports: [PortPool::new(ports.clone()), PortPool::new(ports)],
             reservations: HashMap::with_hasher(hasher.clone()),
             orphaned_opens: HashMap::with_hasher(hasher.clone()),
