@@ -35,28 +35,35 @@ pub(crate) enum Limited {
 }
 
 /// Bytes that may be sent now, refilled with time at the level's rate up to its burst.
-#[derive(Debug, Clone, Copy, Default)]
+/// Time is in nanoseconds since the owner's `bandwidth_epoch`: plain integers, converted
+/// from `Instant` once per datagram, not once per level.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct TokenBucket {
+    /// Infinite until first used: the first refill clamps it to a full burst.
     bytes: f64,
-    /// When `bytes` was last brought up to date; `None`: never used, so full.
-    refilled: Option<Instant>,
+    refilled_ns: u64,
+}
+
+impl Default for TokenBucket {
+    fn default() -> Self {
+        TokenBucket {
+            bytes: f64::INFINITY,
+            refilled_ns: 0,
+        }
+    }
 }
 
 impl TokenBucket {
-    /// Brings the bucket up to `now` at `bits_per_second`; the bytes it holds.
-    fn refill(&mut self, now: Instant, bits_per_second: u64) -> f64 {
-        let rate = bits_per_second as f64 / 8.0;
-        let burst = (rate * BURST.as_secs_f64()).max(LARGEST_DATAGRAM);
-        self.bytes = match self.refilled {
-            None => burst,
-            Some(last) => {
-                let elapsed = now.saturating_duration_since(last).as_secs_f64();
-                (self.bytes + elapsed * rate).min(burst)
-            }
-        };
-        // Time never runs backwards for a bucket (an input with an older `now` refills
-        // nothing).
-        self.refilled = Some(self.refilled.map_or(now, |last| last.max(now)));
+    /// Brings the bucket up to `now_ns` at `bits_per_second`; the bytes it holds. An older
+    /// `now_ns` refills nothing, and the bucket's time never runs backwards.
+    #[inline]
+    fn refill(&mut self, now_ns: u64, bits_per_second: u64) -> f64 {
+        let bytes_per_second = bits_per_second as f64 / 8.0;
+        let burst = (bytes_per_second * BURST.as_secs_f64()).max(LARGEST_DATAGRAM);
+        let elapsed_ns = now_ns.saturating_sub(self.refilled_ns);
+        self.refilled_ns = self.refilled_ns.max(now_ns);
+        let refill = elapsed_ns as f64 * bytes_per_second / 1e9;
+        self.bytes = (self.bytes + refill).min(burst);
         self.bytes
     }
 }
@@ -70,34 +77,38 @@ pub(crate) struct Buckets<'a> {
 
 impl Buckets<'_> {
     /// Takes `len` bytes from every limited bucket, or from none and names the first level
-    /// that has too few (allocation, then user, then total). No allocation, no lookup.
+    /// that has too few (allocation, then user, then total). A refill without a take is
+    /// harmless: it only brings a bucket up to date. No allocation, no lookup.
     pub(crate) fn charge(
         self,
         len: usize,
-        now: Instant,
+        now_ns: u64,
         limits: &BandwidthLimits,
     ) -> Result<(), Limited> {
         let len = len as f64;
-        let levels = [
-            (
-                limits.per_allocation,
-                Some(self.allocation),
-                Limited::PerAllocation,
-            ),
-            (limits.per_user, self.user, Limited::PerUser),
-            (limits.total, Some(self.total), Limited::Total),
-        ];
-        let mut limited: [Option<&mut TokenBucket>; 3] = [None, None, None];
-        for (slot, (rate, bucket, level)) in limited.iter_mut().zip(levels) {
-            if let (Some(rate), Some(bucket)) = (rate, bucket) {
-                if bucket.refill(now, rate) < len {
-                    return Err(level);
-                }
-                *slot = Some(bucket);
-            }
+        let fits = |bucket: &mut TokenBucket, rate: Option<u64>| {
+            rate.is_none_or(|rate| bucket.refill(now_ns, rate) >= len)
+        };
+        if !fits(self.allocation, limits.per_allocation) {
+            return Err(Limited::PerAllocation);
         }
-        for bucket in limited.into_iter().flatten() {
-            bucket.bytes -= len;
+        let mut user = self.user.filter(|_| limits.per_user.is_some());
+        if let Some(user) = user.as_deref_mut()
+            && !fits(user, limits.per_user)
+        {
+            return Err(Limited::PerUser);
+        }
+        if !fits(self.total, limits.total) {
+            return Err(Limited::Total);
+        }
+        if limits.per_allocation.is_some() {
+            self.allocation.bytes -= len;
+        }
+        if let Some(user) = user {
+            user.bytes -= len;
+        }
+        if limits.total.is_some() {
+            self.total.bytes -= len;
         }
         Ok(())
     }
@@ -114,6 +125,9 @@ impl Allocations {
         now: Instant,
         limits: &BandwidthLimits,
     ) -> Result<(), Limited> {
+        let epoch = *self.bandwidth_epoch.get_or_insert(now);
+        // u64 nanoseconds last 584 years.
+        let now_ns = now.saturating_duration_since(epoch).as_nanos() as u64;
         let Some(allocation) = self.slots.get_mut(id) else {
             return Ok(());
         };
@@ -122,7 +136,7 @@ impl Allocations {
             allocation: &mut allocation.bucket,
             total: &mut self.total_bucket,
         }
-        .charge(len, now, limits)
+        .charge(len, now_ns, limits)
     }
 }
 
@@ -130,33 +144,31 @@ impl Allocations {
 mod tests {
     use super::*;
 
-    const MS: Duration = Duration::from_millis(1);
+    const MS: u64 = 1_000_000;
 
     #[test]
     fn burst_then_rate() {
         // 8 Mbit/s: 1 MB/s, a burst of 100 kB.
-        let t0 = Instant::now();
         let mut bucket = TokenBucket::default();
-        assert_eq!(bucket.refill(t0, 8_000_000), 100_000.0);
+        assert_eq!(bucket.refill(0, 8_000_000), 100_000.0);
         bucket.bytes = 0.0;
-        assert_eq!(bucket.refill(t0 + 10 * MS, 8_000_000), 10_000.0);
+        assert_eq!(bucket.refill(10 * MS, 8_000_000), 10_000.0);
         // Capped at the burst, however long it was idle.
-        assert_eq!(bucket.refill(t0 + 10_000 * MS, 8_000_000), 100_000.0);
+        assert_eq!(bucket.refill(10_000 * MS, 8_000_000), 100_000.0);
         // An older `now` refills nothing and does not move the clock back.
         bucket.bytes = 0.0;
-        assert_eq!(bucket.refill(t0, 8_000_000), 0.0);
-        assert_eq!(bucket.refill(t0 + 10_001 * MS, 8_000_000), 1_000.0);
+        assert_eq!(bucket.refill(0, 8_000_000), 0.0);
+        assert_eq!(bucket.refill(10_001 * MS, 8_000_000), 1_000.0);
     }
 
     #[test]
     fn low_rates_still_pass_a_full_size_datagram() {
         let mut bucket = TokenBucket::default();
-        assert_eq!(bucket.refill(Instant::now(), 8_000), LARGEST_DATAGRAM);
+        assert_eq!(bucket.refill(5 * MS, 8_000), LARGEST_DATAGRAM);
     }
 
     #[test]
     fn all_or_nothing() {
-        let t0 = Instant::now();
         let limits = BandwidthLimits {
             per_allocation: Some(8_000_000),
             per_user: None,
@@ -169,7 +181,7 @@ mod tests {
                 user: None,
                 total,
             }
-            .charge(len, t0, &limits)
+            .charge(len, 0, &limits)
         };
         assert_eq!(charge(&mut allocation, &mut total, 65_535), Ok(()));
         // The total refuses: the allocation's bucket keeps its bytes.
