@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
+mod bandwidth;
+pub use bandwidth::{BandwidthArgs, parse_bits_per_second};
+
 use crate::core::credentials::rest_api_password;
 use crate::core::{Cidr, Config, Lifetimes, RelayAddress};
 use crate::driver::interfaces;
@@ -121,6 +124,9 @@ pub struct Args {
     /// Live allocations in total; more get 508 [default: the number of relay ports].
     #[arg(long, env = "RELAY_MAX_ALLOCATIONS", value_name = "N")]
     pub max_allocations: Option<usize>,
+
+    #[command(flatten)]
+    pub bandwidth: BandwidthArgs,
 
     /// An Allocate without REQUESTED-ADDRESS-FAMILY gets a relayed address of the family the
     /// client came in on (IPv4 if the relay has no IPv6 one) instead of IPv4 (RFC 8656
@@ -485,6 +491,7 @@ pub fn settings(
         keep_client_family: args.keep_client_family,
         strict_credential_expiry: args.strict_credential_expiry,
         software: args.software,
+        bandwidth: args.bandwidth.limits(),
     };
     Ok(Settings {
         streams,

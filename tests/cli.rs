@@ -95,6 +95,11 @@ fn invalid_configuration_exits_non_zero_with_a_clear_message() {
         (&["--software", ""], &[], "--software"),
         (&["--log-format", "xml"], &[], "--log-format"),
         (&[], &[("RELAY_LOG_FORMAT", "yaml")], "--log-format"),
+        (&["--max-bps-total", "0"], &[], "at least 1 bit per second"),
+        (&["--max-bps-per-user", "2.5m"], &[], "--max-bps-per-user"),
+        (&["--max-bps-per-allocation=-1"], &[], "not a rate"),
+        (&[], &[("RELAY_MAX_BPS_PER_USER", "10 Mbit")], "not a rate"),
+        (&[], &[("RELAY_MAX_BPS_TOTAL", "2000000G")], "more than"),
     ];
     for (args, env, mentions) in cases {
         let output = run(args, env);

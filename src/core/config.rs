@@ -58,6 +58,27 @@ pub struct Config {
     /// SOFTWARE (RFC 8489 §14.14) put in authenticated responses (`--software`); at most
     /// 127 characters, checked by the CLI.
     pub software: Option<String>,
+    /// Relayed bits per second (payload, both directions together) per allocation, per
+    /// user and in total; beyond them datagrams are dropped (`allocations/bandwidth.rs`).
+    pub bandwidth: BandwidthLimits,
+}
+
+/// Bandwidth limits in bits per second of relayed payload; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BandwidthLimits {
+    /// Per allocation (`--max-bps-per-allocation`).
+    pub per_allocation: Option<u64>,
+    /// Per user, all their allocations together (`--max-bps-per-user`).
+    pub per_user: Option<u64>,
+    /// For the whole relay (`--max-bps-total`).
+    pub total: Option<u64>,
+}
+
+impl BandwidthLimits {
+    /// Whether no level is limited: the data path then skips the buckets altogether.
+    pub fn is_unlimited(&self) -> bool {
+        self.per_allocation.is_none() && self.per_user.is_none() && self.total.is_none()
+    }
 }
 
 impl Config {
@@ -122,6 +143,7 @@ impl Default for Config {
             keep_client_family: false,
             strict_credential_expiry: false,
             software: None,
+            bandwidth: BandwidthLimits::default(),
         }
     }
 }

@@ -45,6 +45,12 @@ pub struct Counters {
     pub from_own_socket: u64,
     /// Unauthenticated error responses not sent because their source exceeded its rate.
     pub rate_limited: u64,
+    /// Relayed datagrams (either direction) dropped by `--max-bps-per-allocation`.
+    pub bandwidth_per_allocation: u64,
+    /// Dropped by `--max-bps-per-user`.
+    pub bandwidth_per_user: u64,
+    /// Dropped by `--max-bps-total`.
+    pub bandwidth_total: u64,
 }
 
 /// Methods responses are counted by; anything else counts as "other".

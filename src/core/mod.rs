@@ -87,7 +87,7 @@ pub use allocations::Footprint;
 pub use allocations::timer_wheel::{Due, TimerHandle, Timers};
 pub use availability::Availability;
 pub use client::{ClientKey, Transport};
-pub use config::{Config, Lifetimes, RelayAddress};
+pub use config::{BandwidthLimits, Config, Lifetimes, RelayAddress};
 pub use counters::{Counters, Gauges};
 pub use ids::{AllocationId, ConnectionId, Family, ListenerId, RelayId};
 pub use policy::cidr::{Cidr, CidrError};

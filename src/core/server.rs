@@ -17,6 +17,7 @@ use std::time::Instant;
 use stun_codec::MessageClass;
 
 use super::allocations::allocation::RelaySocket;
+use super::allocations::bandwidth::Limited;
 use super::allocations::{Allocations, Footprint, Opened};
 use super::auth::admission::Admission;
 use super::auth::nonce::NonceKey;
@@ -272,6 +273,9 @@ impl Server {
             self.counters.channel_data_unbound += 1;
             return None;
         };
+        if !self.within_bandwidth(id, payload.len(), now) {
+            return None;
+        }
         self.counters.relayed_to_peer_packets += 1;
         self.counters.relayed_to_peer_bytes += payload.len() as u64;
         if let Some(usage) = self.allocations.usage_mut(id) {
@@ -318,7 +322,11 @@ impl Server {
             return None;
         }
         let client = a.client();
-        let frame = match a.channel_to(from, now) {
+        let channel = a.channel_to(from, now);
+        if !self.within_bandwidth(allocation, len, now) {
+            return None;
+        }
+        let frame = match channel {
             Some(number) => {
                 let frame = write_channel_data_header(buf, HEADROOM, len, number);
                 match client.transport {
@@ -352,6 +360,33 @@ impl Server {
             client: client.addr,
             frame,
         })
+    }
+
+    /// Whether `len` relayed payload bytes of allocation `id` fit the bandwidth limits
+    /// (taking them if so). Inlined into the data path as one test when nothing is limited
+    /// (measured: as one call it cost ~24 instructions per datagram even then).
+    #[inline(always)]
+    pub(super) fn within_bandwidth(&mut self, id: AllocationId, len: usize, now: Instant) -> bool {
+        self.config.bandwidth.is_unlimited() || self.charge_bandwidth(id, len, now)
+    }
+
+    /// `within_bandwidth` with limits: a drop is counted by the level that refused it.
+    #[inline(never)]
+    fn charge_bandwidth(&mut self, id: AllocationId, len: usize, now: Instant) -> bool {
+        match self
+            .allocations
+            .charge(id, len, now, &self.config.bandwidth)
+        {
+            Ok(()) => true,
+            Err(level) => {
+                *match level {
+                    Limited::PerAllocation => &mut self.counters.bandwidth_per_allocation,
+                    Limited::PerUser => &mut self.counters.bandwidth_per_user,
+                    Limited::Total => &mut self.counters.bandwidth_total,
+                } += 1;
+                false
+            }
+        }
     }
 
     /// The driver's answer to `Output::OpenRelay`.

@@ -15,6 +15,7 @@ mod harness;
 mod allocate;
 mod auth;
 mod availability;
+mod bandwidth;
 mod binding;
 mod channels;
 mod even_port;

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use stun_codec::TransactionId;
 
+use super::bandwidth::TokenBucket;
 use super::ports::PortNeed;
 use super::timer_wheel::TimerHandle;
 use crate::core::client::ClientKey;
@@ -117,6 +118,10 @@ pub(crate) struct Allocation {
     /// Its one entry in the timer wheel, once it is live (filed when the Allocate succeeds,
     /// moved when a deadline changes, cancelled when the allocation goes).
     pub(super) timer: Option<TimerHandle>,
+    /// Its bandwidth bucket (`--max-bps-per-allocation`).
+    pub(super) bucket: TokenBucket,
+    /// Its user's bandwidth bucket, in the owner's `user_buckets` (`--max-bps-per-user`).
+    pub(super) user_bucket: usize,
 }
 
 impl Allocation {
@@ -125,7 +130,7 @@ impl Allocation {
         self.client
     }
 
-    pub(super) fn new(new: NewAllocation) -> Self {
+    pub(super) fn new(new: NewAllocation, user_bucket: usize) -> Self {
         Allocation {
             client: new.client,
             username: new.username,
@@ -147,6 +152,8 @@ impl Allocation {
             retry_need: new.retry_need,
             reservation: new.reservation,
             timer: None,
+            bucket: TokenBucket::default(),
+            user_bucket,
         }
     }
 
@@ -322,6 +329,8 @@ mod tests {
             retry_need: Some(PortNeed::Any),
             reservation: None,
             timer: None,
+            bucket: TokenBucket::default(),
+            user_bucket: 0,
         }
     }
 

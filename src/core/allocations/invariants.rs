@@ -101,12 +101,30 @@ impl Allocations {
         let books: BTreeMap<&str, usize> = self
             .user_counts
             .iter()
-            .map(|(user, count)| (user.as_str(), *count))
+            .map(|(user, books)| (user.as_str(), books.count))
             .collect();
         if per_user != books {
             broken.push(format!(
                 "per-user allocation counts {books:?}, allocations say {per_user:?}"
             ));
+        }
+        // One bandwidth bucket per user in the books, the one their allocations hold.
+        if self.user_buckets.len() != self.user_counts.len() {
+            broken.push(format!(
+                "{} user bandwidth buckets for {} users",
+                self.user_buckets.len(),
+                self.user_counts.len()
+            ));
+        }
+        for (id, a) in self.slots.iter() {
+            let books = self.user_counts.get(quota_user(&a.username));
+            if books.is_none_or(|books| books.bucket != a.user_bucket) {
+                broken.push(format!(
+                    "allocation {id:?} holds user bucket {}, its user's is {:?}",
+                    a.user_bucket,
+                    books.map(|b| b.bucket)
+                ));
+            }
         }
         // One timer entry per live allocation and reservation, and no other.
         let timed = self.slots.iter().filter(|(_, a)| a.timer.is_some()).count();

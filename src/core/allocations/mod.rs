@@ -10,6 +10,7 @@
 //! timer entry; the per-user counts are the allocations and reservations of each user.
 
 pub(super) mod allocation;
+pub(crate) mod bandwidth;
 mod invariants;
 pub(super) mod ports;
 pub(super) mod slots;
@@ -19,7 +20,10 @@ use std::collections::HashMap;
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
+use slab::Slab;
+
 use self::allocation::{Allocation, NewAllocation, RelaySocket};
+use self::bandwidth::TokenBucket;
 use self::ports::{PortNeed, PortPool};
 use self::slots::AllocationTable;
 use self::timer_wheel::{Due, TimerHandle, Timers};
@@ -95,12 +99,28 @@ pub(crate) struct Expired {
     pub(crate) close: Vec<RelayId>,
 }
 
+/// What the owner keeps per user while the user has allocations or reservations.
+#[derive(Debug, Clone, Copy)]
+struct UserBooks {
+    /// Live allocations and reservations, for `max_allocations_per_user`.
+    count: usize,
+    /// The user's bandwidth bucket in `user_buckets`; each of their allocations holds it.
+    bucket: usize,
+}
+
 /// The owner of all allocation bookkeeping (see the module docs).
 pub(crate) struct Allocations {
     slots: AllocationTable,
     by_client: HashMap<ClientKey, AllocationId, SeededState>,
-    /// Live allocations and reservations per user, for `max_allocations_per_user`.
-    user_counts: HashMap<String, usize, SeededState>,
+    /// Per user: live allocations and reservations, and their bandwidth bucket.
+    user_counts: HashMap<String, UserBooks, SeededState>,
+    /// Bandwidth buckets of the users in `user_counts`, indexed from their allocations, so
+    /// that the data path finds a user's bucket without hashing the user name.
+    user_buckets: Slab<TokenBucket>,
+    /// The whole relay's bandwidth bucket.
+    total_bucket: TokenBucket,
+    /// Bucket times count from here (the first charge): integers on the data path.
+    bandwidth_epoch: Option<Instant>,
     /// One pool per family (RFC 8656 §7.2 allows the same port number in both).
     ports: [PortPool; 2],
     /// Ports held for a later Allocate with RESERVATION-TOKEN, by token.
@@ -118,6 +138,9 @@ impl Allocations {
             slots: AllocationTable::default(),
             by_client: HashMap::with_hasher(hasher.clone()),
             user_counts: HashMap::with_hasher(hasher.clone()),
+            user_buckets: Slab::new(),
+            total_bucket: TokenBucket::default(),
+            bandwidth_epoch: None,
             ports: [PortPool::new(ports.clone()), PortPool::new(ports)],
             reservations: HashMap::with_hasher(hasher.clone()),
             orphaned_opens: HashMap::with_hasher(hasher.clone()),
@@ -225,7 +248,7 @@ impl Allocations {
             .and_then(|token| self.reservations.get(&token))
             .filter(|r| now < r.expires_at);
         let own_claim = claimed.is_some_and(|r| r.user == user);
-        let held = self.user_counts.get(user).copied().unwrap_or(0);
+        let held = self.user_counts.get(user).map_or(0, |books| books.count);
         let held = held.saturating_sub(usize::from(own_claim));
         if held + demand.slots > max_per_user {
             return Err(Refusal::Quota);
@@ -314,6 +337,7 @@ impl Allocations {
                     user: user.to_owned(),
                 },
             );
+            // The user's bucket is held for the allocation to come.
             self.count_user(user);
         }
         token
@@ -334,12 +358,11 @@ impl Allocations {
     /// Files a new allocation (its relay sockets `Opening` on ports taken above) under its
     /// client and its user's quota.
     pub(crate) fn create(&mut self, new: NewAllocation) -> AllocationId {
-        let allocation = Allocation::new(new);
+        let user_bucket = self.count_user(quota_user(&new.username));
+        let allocation = Allocation::new(new, user_bucket);
         let client = allocation.client;
-        let user = quota_user(&allocation.username).to_owned();
         let id = self.slots.insert(allocation);
         self.by_client.insert(client, id);
-        self.count_user(&user);
         id
     }
 
@@ -532,22 +555,31 @@ impl Allocations {
 
     // ---- per-user counts --------------------------------------------------------------
 
-    /// One more allocation or reservation for `user`'s quota.
-    fn count_user(&mut self, user: &str) {
+    /// One more allocation or reservation for `user`'s quota; the user's bandwidth bucket
+    /// (made with their first allocation or reservation).
+    fn count_user(&mut self, user: &str) -> usize {
         match self.user_counts.get_mut(user) {
-            Some(count) => *count += 1,
+            Some(books) => {
+                books.count += 1;
+                books.bucket
+            }
             None => {
-                self.user_counts.insert(user.to_owned(), 1);
+                let bucket = self.user_buckets.insert(TokenBucket::default());
+                self.user_counts
+                    .insert(user.to_owned(), UserBooks { count: 1, bucket });
+                bucket
             }
         }
     }
 
-    /// One fewer; a user with none leaves the table.
+    /// One fewer; a user with none leaves the table, and their bucket with them.
     fn uncount_user(&mut self, user: &str) {
-        if let Some(count) = self.user_counts.get_mut(user) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(books) = self.user_counts.get_mut(user) {
+            books.count -= 1;
+            if books.count == 0 {
+                let bucket = books.bucket;
                 self.user_counts.remove(user);
+                self.user_buckets.try_remove(bucket);
             }
         }
     }

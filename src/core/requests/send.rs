@@ -56,7 +56,7 @@ impl Server {
             return None;
         };
         let payload = message::attribute_value(datagram, Data::CODEPOINT)?;
-        if payload.len() != data_len {
+        if payload.len() != data_len || !self.within_bandwidth(id, payload.len(), now.instant) {
             return None;
         }
         self.counters.relayed_to_peer_packets += 1;
