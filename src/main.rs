@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
-    let settings = match cli::settings(args, || hex(&random_bytes::<16>())) {
+    let settings = match cli::settings(args, random_hex) {
         Ok(settings) => settings,
         Err(message) => {
             eprintln!("relay: {message}");
@@ -97,7 +97,7 @@ fn main() -> ExitCode {
     if let Some(secret) = settings.generated_secret {
         let expiry = unix_now() + DEMO_CREDENTIALS_TTL_SECS;
         let username = format!("{expiry}:demo");
-        let password = credentials::rest_api_password(secret.as_bytes(), &username);
+        let password = config.auth_scheme.password(secret.as_bytes(), &username);
         info!("no --auth-secret given: generated secret {secret} for this run");
         info!("try it: username {username} password {password} (valid 24 h)");
     }
@@ -124,6 +124,18 @@ fn random_bytes<const N: usize>() -> [u8; N] {
         std::process::exit(1);
     }
     bytes
+}
+
+/// `count` random bytes as hex: a generated secret (16 bytes for the demo secret, 32 for
+/// the Firezone stamp secret).
+#[allow(clippy::disallowed_methods)]
+fn random_hex(count: usize) -> String {
+    let mut bytes = vec![0u8; count];
+    if let Err(e) = getrandom::fill(&mut bytes) {
+        eprintln!("relay: cannot read the OS random source: {e}");
+        std::process::exit(1);
+    }
+    hex(&bytes)
 }
 
 fn hex(bytes: &[u8]) -> String {
