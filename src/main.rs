@@ -11,7 +11,6 @@ use clap::Parser;
 use log::{error, info, warn};
 
 use relay::cli::{self, Args};
-use relay::core::credentials;
 use relay::driver::clock::unix_now;
 use relay::driver::{self, Driver};
 
@@ -69,6 +68,8 @@ fn main() -> ExitCode {
             no_allocation_deadline: streams.no_allocation_deadline,
             handshake_deadline: streams.handshake_deadline,
         },
+        portal: settings.portal,
+        portal_seed: u64::from_le_bytes(random_bytes::<8>()),
     };
     let mut driver = match Driver::new(settings.config, random_bytes::<32>(), options) {
         Ok(driver) => driver,

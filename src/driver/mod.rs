@@ -12,6 +12,7 @@ pub mod interfaces;
 pub mod limits;
 #[allow(unsafe_code)] // sysconf, getrlimit (process gauges)
 mod metrics;
+mod portal;
 #[allow(unsafe_code)] // signalfd
 mod signals;
 #[allow(unsafe_code)] // setsockopt
@@ -61,6 +62,7 @@ enum Socket {
 /// connections from HTTP_FIRST_TOKEN on.
 const SIGNAL_TOKEN: Token = Token(usize::MAX);
 const HTTP_LISTENER_TOKEN: Token = Token(usize::MAX - 1);
+const PORTAL_TOKEN: Token = Token(usize::MAX - 2);
 const HTTP_FIRST_TOKEN: usize = 1 << 40;
 
 /// What the loop serves besides STUN/TURN over UDP.
@@ -72,6 +74,10 @@ pub struct Options {
     pub start_time_unix: u64,
     /// TURN over TCP and TLS.
     pub streams: StreamOptions,
+    /// Firezone mode: the portal to join (no allocations until its `init`).
+    pub portal: Option<crate::cli::PortalSettings>,
+    /// Jitters the portal's reconnection backoff.
+    pub portal_seed: u64,
 }
 
 /// I/O failures of the driver, counted, never fatal.
@@ -107,6 +113,7 @@ pub struct Driver {
     io: IoCounters,
     signals: signals::ShutdownSignals,
     http: Option<http::HttpServer>,
+    portal: Option<portal::PortalLink>,
     start_time_unix: u64,
 }
 
@@ -178,19 +185,33 @@ impl Driver {
             .filter(|(_, given)| **given)
             .map(|(addr, _)| *addr)
             .collect();
+        let portal = match options.portal {
+            Some(settings) => Some(portal::PortalLink::new(
+                settings,
+                PORTAL_TOKEN,
+                clock::now().instant,
+                options.portal_seed,
+            )?),
+            None => None,
+        };
+        let mut core = Server::new(config, seed);
+        if portal.is_some() {
+            core.set_availability(crate::core::Availability::NotReady);
+        }
         let mut driver = Driver {
             poll,
             sockets,
             listeners,
             tcp_listeners,
             streams: stream::Streams::new(options.streams),
-            core: Server::new(config, seed),
+            core,
             batch: batch::Batch::new(),
             backlog: Vec::new(),
             ready: Vec::new(),
             io: IoCounters::default(),
             signals,
             http,
+            portal,
             start_time_unix: options.start_time_unix,
         };
         driver.bind_stream_listeners(&udp_bound)?;
@@ -281,6 +302,7 @@ impl Driver {
             self.drain_outputs(now);
             self.streams.new_turn();
             self.expire_connections(now);
+            let mut portal_event = false;
             let mut ready = std::mem::take(&mut self.ready);
             ready.clear();
             ready.append(&mut self.backlog);
@@ -300,6 +322,7 @@ impl Driver {
                         }
                     }
                     HTTP_LISTENER_TOKEN => self.accept_http(now.instant),
+                    PORTAL_TOKEN => portal_event = true,
                     token if token.0 >= HTTP_FIRST_TOKEN => self.serve_http(token, now.instant),
                     token => ready.push(token.0),
                 }
@@ -312,6 +335,7 @@ impl Driver {
                 }
             }
             self.ready = ready;
+            self.drive_portal(now.instant, portal_event);
             http_deadline = self
                 .http
                 .as_mut()
@@ -320,18 +344,34 @@ impl Driver {
     }
 
     fn poll_timeout(&self, http_deadline: Option<Instant>) -> Option<Duration> {
-        if !self.backlog.is_empty() {
+        if !self.backlog.is_empty() || self.portal.as_ref().is_some_and(|p| p.has_more()) {
             return Some(Duration::ZERO);
         }
         let deadline = [
             self.core.poll_timeout(),
             http_deadline,
             self.streams.next_deadline(),
+            self.portal.as_ref().map(|p| p.poll_timeout()),
         ]
         .into_iter()
         .flatten()
         .min()?;
         Some(deadline.saturating_duration_since(clock::now().instant))
+    }
+
+    /// The portal link on an event, a due timer or reads left over; its first `init`
+    /// opens the door to allocations (unless something else, a drain, has closed it).
+    fn drive_portal(&mut self, now: Instant, event: bool) {
+        let Some(link) = self.portal.as_mut() else {
+            return;
+        };
+        if (event || link.has_more() || now >= link.poll_timeout())
+            && link.drive(now, self.poll.registry())
+            && self.core.availability() == crate::core::Availability::NotReady
+        {
+            self.core
+                .set_availability(crate::core::Availability::Serving);
+        }
     }
 
     fn accept_http(&mut self, now: Instant) {

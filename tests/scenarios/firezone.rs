@@ -68,11 +68,13 @@ fn other_credentials_are_refused() {
         .enumerate()
     {
         let client = client_with(&mut h, &format!("198.51.100.{}:40000", i + 1), creds);
-        h.fails(
-            &client,
+        let r = h.call(
+            client.addr,
             client.req(ALLOCATE).attr(RequestedTransport::new(UDP)),
-            401,
         );
+        assert_eq!(r.error_code(), Some(401), "credentials {i}");
+        assert_eq!(r.types(), vec![t::ERROR_CODE, t::REALM, t::NONCE]);
+        assert_eq!(r.realm(), FIREZONE);
     }
     assert_eq!(h.server.allocation_count(), 0);
 }
