@@ -10,8 +10,12 @@ mod firezone_credentials;
 mod sha256;
 #[path = "support/stun_encoder.rs"]
 mod stun_encoder;
+#[path = "support/turn_servers.rs"]
+mod turn_servers;
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -20,6 +24,7 @@ use std::time::{Duration, Instant};
 use crate::stun_encoder::codec::Attribute;
 use common::{Client, RelayProcess, WAIT, channel_data, http_get, peer_socket, unix_now};
 use firezone_credentials::firezone_credentials;
+use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
 use stun_codec::MessageClass;
 use stun_codec::rfc5389::methods::BINDING;
@@ -29,6 +34,7 @@ use stun_codec::rfc5766::attributes::{
 use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND};
 use tungstenite::Message;
 use tungstenite::handshake::server::{Request, Response};
+use turn_servers::Pki;
 
 const TOKEN: &str = "relay-token/with+odd=chars";
 const HEARTBEAT_MS: u64 = 200;
@@ -51,7 +57,29 @@ struct StandIn {
 }
 
 impl StandIn {
+    /// Plain ws://.
     fn start() -> StandIn {
+        StandIn::start_with(None)
+    }
+
+    /// wss:// with a certificate for 127.0.0.1 from `pki`'s CA.
+    fn start_tls(pki: &Pki) -> StandIn {
+        let chain = rustls_pki_types::CertificateDer::pem_file_iter(&pki.cert)
+            .expect("cert")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("cert");
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&pki.key).expect("key");
+        let config =
+            rustls::ServerConfig::builder_with_provider(relay::driver::tls::crypto_provider())
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .expect("server config");
+        StandIn::start_with(Some(Arc::new(config)))
+    }
+
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> StandIn {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind portal");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
@@ -78,7 +106,14 @@ impl StandIn {
                     stream
                         .set_read_timeout(Some(Duration::from_millis(10)))
                         .expect("timeout");
-                    serve(stream, &seen, &send_init, &drop_connection, &stop);
+                    match &tls {
+                        None => serve(stream, &seen, &send_init, &drop_connection, &stop),
+                        Some(config) => {
+                            let tls = rustls::ServerConnection::new(config.clone()).expect("tls");
+                            let stream = rustls::StreamOwned::new(tls, stream);
+                            serve(stream, &seen, &send_init, &drop_connection, &stop);
+                        }
+                    }
                 }
             })
         };
@@ -94,6 +129,10 @@ impl StandIn {
 
     fn url(&self) -> String {
         format!("ws://{}", self.addr)
+    }
+
+    fn tls_url(&self) -> String {
+        format!("wss://{}", self.addr)
     }
 
     fn joins(&self) -> Vec<(String, String)> {
@@ -123,7 +162,7 @@ impl Drop for StandIn {
 /// One WebSocket connection: answers phx_join and heartbeats, sends init when told (once
 /// per connection, as a portal does after a join), closes when told.
 fn serve(
-    stream: std::net::TcpStream,
+    stream: impl Read + Write,
     seen: &Mutex<Seen>,
     send_init: &AtomicBool,
     drop_connection: &AtomicBool,
@@ -198,8 +237,13 @@ fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 }
 
 fn relay(portal: &StandIn) -> RelayProcess {
+    relay_with(&["--portal-ws-url", &portal.url()])
+}
+
+fn relay_with(extra: &[&str]) -> RelayProcess {
     let (lowest, highest) = common::free_port_range_args(20);
-    let mut relay = RelayProcess::start_with(&[
+    let heartbeat = HEARTBEAT_MS.to_string();
+    let mut args = vec![
         "--listen-addr",
         "127.0.0.1:0",
         "--metrics-addr",
@@ -211,13 +255,13 @@ fn relay(portal: &StandIn) -> RelayProcess {
         &highest,
         "--portal-token",
         TOKEN,
-        "--portal-ws-url",
-        &portal.url(),
         "--test-portal-heartbeat-ms",
-        &HEARTBEAT_MS.to_string(),
+        &heartbeat,
         "--test-portal-backoff-ms",
         "50",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let mut relay = RelayProcess::start_with(&args);
     relay.wait_for_log("metrics on");
     relay
 }
@@ -377,8 +421,102 @@ fn heartbeats_stay_on_time_under_a_udp_flood() {
         .map(|w| w[1] - w[0])
         .max()
         .unwrap_or_default();
+    eprintln!("{} heartbeats, worst gap {worst:?}, {sent} datagrams", beats.len());
     assert!(
         worst <= Duration::from_millis(3 * HEARTBEAT_MS),
         "worst gap {worst:?}"
     );
+}
+
+/// wss://: the portal's certificate is verified against --portal-ca-file; against another
+/// CA the handshake fails and the relay keeps trying.
+#[test]
+fn a_wss_portal_is_verified_against_the_ca_file() {
+    let pki = Pki::new();
+    let portal = StandIn::start_tls(&pki);
+    let ca = pki.ca.to_str().expect("path");
+    let _relay = relay_with(&["--portal-ws-url", &portal.tls_url(), "--portal-ca-file", ca]);
+    let joins = portal.wait_for_joins(1);
+    assert!(joins[0].0.starts_with("/relay/websocket?token="));
+
+    let other = StandIn::start_tls(&pki);
+    let stranger = Pki::new();
+    let stranger_ca = stranger.ca.to_str().expect("path");
+    let mut relay = relay_with(&[
+        "--portal-ws-url",
+        &other.tls_url(),
+        "--portal-ca-file",
+        stranger_ca,
+    ]);
+    relay.wait_for_log("handshake failed");
+    relay.wait_for_log("reconnecting in");
+    assert!(other.joins().is_empty());
+}
+
+/// Bad Firezone configurations are refused at start-up with exit code 2 and a clear message.
+#[test]
+fn invalid_portal_configuration_exits_2() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--portal-token", "t", "--auth-secret", "s"],
+            "--auth-secret",
+        ),
+        (
+            &["--portal-token", "t", "--portal-ws-url", "ftp://x"],
+            "--portal-ws-url",
+        ),
+        (
+            &["--portal-token", "t", "--portal-ws-url", "wss://x:0"],
+            "--portal-ws-url",
+        ),
+        (&["--portal-token", ""], "--portal-token"),
+        (&["--portal-token", "a b"], "--portal-token"),
+        (&["--auth-scheme", "md5"], "--auth-scheme"),
+        (
+            &["--portal-token", "t", "--test-portal-heartbeat-ms", "0"],
+            "heartbeat",
+        ),
+    ];
+    for (args, mentions) in cases {
+        let output = Command::new(common::relay_binary())
+            .args(["--listen-addr", "127.0.0.1:0"])
+            .args(*args)
+            .output()
+            .expect("run relay");
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(mentions), "{args:?}: {stderr}");
+    }
+}
+
+/// Standalone with --auth-scheme firezone: the logged demo credentials are Firezone's, in
+/// realm firezone, and allocate.
+#[test]
+fn standalone_firezone_scheme_logs_working_credentials() {
+    let mut relay =
+        RelayProcess::start_with(&["--listen-addr", "127.0.0.1:0", "--auth-scheme", "firezone"]);
+    let line = relay.wait_for_log("try it: username");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = |word: &str| words[words.iter().position(|w| *w == word).expect(word) + 1];
+    let (username, password) = (at("username"), at("password"));
+    let secret = relay.wait_for_log("generated secret");
+    let secret = secret
+        .split_whitespace()
+        .skip_while(|w| *w != "secret")
+        .nth(1)
+        .expect("secret");
+    let salt = username.split_once(':').expect("expiry:salt").1;
+    let expiry: u64 = username
+        .split_once(':')
+        .expect("expiry:salt")
+        .0
+        .parse()
+        .expect("expiry");
+    assert_eq!(
+        firezone_credentials(secret, expiry, salt),
+        (username.into(), password.into())
+    );
+    let mut client = Client::new(relay.addr, username, password);
+    client.realm = "firezone".into();
+    assert!(allocate(&mut client).is_some());
 }
