@@ -22,11 +22,14 @@ pub const FIREZONE_REALM: &str = "firezone";
 pub const DEFAULT_PORTAL_WS_URL: &str = "wss://api.firezone.dev";
 
 /// `--auth-scheme`: how credentials are minted from the secret.
+// The variants have no doc comments: clap would list them in a long `--help` layout, which
+// puts each flag's `[env: …]` on a line of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[allow(missing_docs)]
 pub enum AuthSchemeArg {
-    /// TURN REST API: `<expiry>[:<id>]`, base64(HMAC-SHA1(secret, username)).
+    // TURN REST API: `<expiry>[:<id>]`, base64(HMAC-SHA1(secret, username)).
     Rest,
-    /// Firezone's: `<expiry>:<salt>`, base64(SHA-256("<expiry>:<secret>:<salt>")), realm firezone.
+    // Firezone's: `<expiry>:<salt>`, base64(SHA-256("<expiry>:<secret>:<salt>")).
     Firezone,
 }
 /// Dual-stack by default; IPv6 sockets are IPV6_V6ONLY so both can bind port 3478.

@@ -421,7 +421,10 @@ fn heartbeats_stay_on_time_under_a_udp_flood() {
         .map(|w| w[1] - w[0])
         .max()
         .unwrap_or_default();
-    eprintln!("{} heartbeats, worst gap {worst:?}, {sent} datagrams", beats.len());
+    eprintln!(
+        "{} heartbeats, worst gap {worst:?}, {sent} datagrams",
+        beats.len()
+    );
     assert!(
         worst <= Duration::from_millis(3 * HEARTBEAT_MS),
         "worst gap {worst:?}"
