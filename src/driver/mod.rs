@@ -335,7 +335,14 @@ impl Driver {
                 }
             }
             self.ready = ready;
-            self.drive_portal(now.instant, portal_event);
+            if let Some(link) = self.portal.as_mut() {
+                link.drive_if_due(
+                    now.instant,
+                    portal_event,
+                    self.poll.registry(),
+                    &mut self.core,
+                );
+            }
             http_deadline = self
                 .http
                 .as_mut()
@@ -357,21 +364,6 @@ impl Driver {
         .flatten()
         .min()?;
         Some(deadline.saturating_duration_since(clock::now().instant))
-    }
-
-    /// The portal link on an event, a due timer or reads left over; its first `init`
-    /// opens the door to allocations (unless something else, a drain, has closed it).
-    fn drive_portal(&mut self, now: Instant, event: bool) {
-        let Some(link) = self.portal.as_mut() else {
-            return;
-        };
-        if (event || link.has_more() || now >= link.poll_timeout())
-            && link.drive(now, self.poll.registry())
-            && self.core.availability() == crate::core::Availability::NotReady
-        {
-            self.core
-                .set_availability(crate::core::Availability::Serving);
-        }
     }
 
     fn accept_http(&mut self, now: Instant) {

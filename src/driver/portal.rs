@@ -20,6 +20,7 @@ use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
 use crate::cli::PortalSettings;
+use crate::core::{Availability, Server};
 use crate::portal::url::Endpoint;
 use crate::portal::{Output, Portal};
 
@@ -82,6 +83,11 @@ pub(super) struct PortalLink {
     join_url: String,
     tls: Option<Arc<ClientConfig>>,
     connection: Connection,
+    /// The portal's address, resolved on the first attempt and kept while connections to
+    /// it open (DNS, which blocks the loop, is asked again only after a failed connect).
+    address: Option<SocketAddr>,
+    /// Whether the current connection got as far as an open WebSocket.
+    opened: bool,
     token: Token,
     /// The read budget ran out: drive again next turn.
     more: bool,
@@ -106,6 +112,8 @@ impl PortalLink {
             join_url: settings.join_url,
             tls,
             connection: Connection::None,
+            address: None,
+            opened: false,
             token,
             more: false,
         })
@@ -121,9 +129,26 @@ impl PortalLink {
         self.more
     }
 
-    /// Timers, connection progress, reads (bounded) and writes. True when the portal has
-    /// just sent its first `init`.
-    pub(super) fn drive(&mut self, now: Instant, registry: &Registry) -> bool {
+    /// On an event, a due timer or reads left over: timers, connection progress, reads
+    /// (bounded) and writes. The portal's first `init` opens the door to allocations
+    /// (unless something else, a drain, has closed it meanwhile).
+    pub(super) fn drive_if_due(
+        &mut self,
+        now: Instant,
+        event: bool,
+        registry: &Registry,
+        core: &mut Server,
+    ) {
+        if (event || self.more || now >= self.portal.poll_timeout())
+            && self.drive(now, registry)
+            && core.availability() == Availability::NotReady
+        {
+            core.set_availability(Availability::Serving);
+        }
+    }
+
+    /// True when the portal has just sent its first `init`.
+    fn drive(&mut self, now: Instant, registry: &Registry) -> bool {
         let mut initialised = false;
         self.portal.handle_timeout(now);
         // Each round either makes progress or ends; a few rounds cover connect → join.
@@ -147,13 +172,16 @@ impl PortalLink {
     }
 
     fn connect(&mut self, now: Instant, registry: &Registry) {
-        // Resolving blocks the loop (getaddrinfo); it happens once per attempt, and the
-        // backoff spaces attempts out.
-        let address: Option<SocketAddr> = (self.endpoint.host.as_str(), self.endpoint.port)
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut addresses| addresses.next());
-        let Some(address) = address else {
+        // Resolving blocks the loop (getaddrinfo): only when there is no address that
+        // worked, and the backoff spaces those attempts out.
+        if self.address.is_none() {
+            self.address = (self.endpoint.host.as_str(), self.endpoint.port)
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut addresses| addresses.next());
+        }
+        self.opened = false;
+        let Some(address) = self.address else {
             self.portal
                 .handle_disconnected(now, &format!("cannot resolve {}", self.endpoint.host));
             return;
@@ -168,9 +196,7 @@ impl PortalLink {
         });
         match result {
             Ok(stream) => self.connection = Connection::Tcp(stream),
-            Err(e) => self
-                .portal
-                .handle_disconnected(now, &format!("cannot connect to {address}: {e}")),
+            Err(e) => self.lost(now, &format!("cannot connect to {address}: {e}")),
         }
     }
 
@@ -240,6 +266,7 @@ impl PortalLink {
         match result {
             Ok(socket) => {
                 debug!("portal: WebSocket open");
+                self.opened = true;
                 self.connection = Connection::Open(Box::new(socket));
                 self.portal.handle_connected(now);
                 self.read(now);
@@ -284,6 +311,9 @@ impl PortalLink {
     /// The connection failed: drop it and let the portal back off.
     fn lost(&mut self, now: Instant, why: &str) {
         self.connection = Connection::None;
+        if !self.opened {
+            self.address = None; // resolve again: the portal may have moved
+        }
         self.portal.handle_disconnected(now, why);
     }
 }
