@@ -104,7 +104,7 @@ pub struct Args {
     pub portal_token: Option<String>,
 
     /// The portal's WebSocket base URL (ws:// or wss://); the relay opens
-    /// <URL>/relay/websocket.
+    /// URL/relay/websocket.
     #[arg(long, env = "PORTAL_WS_URL", value_name = "URL", default_value = DEFAULT_PORTAL_WS_URL)]
     pub portal_ws_url: String,
 

@@ -23,7 +23,7 @@ pub enum AuthScheme {
     #[default]
     Rest,
     /// Firezone's: `<expiry>:<salt>` (exactly one ':'), password
-    /// base64-without-padding(SHA-256("<expiry>:<secret>:<salt>")).
+    /// base64-without-padding(SHA-256(`"<expiry>:<secret>:<salt>"`)).
     Firezone,
 }
 
@@ -60,7 +60,7 @@ pub fn rest_api_password(secret: &[u8], username: &str) -> String {
 }
 
 /// Firezone's password: base64 (standard alphabet, no padding) of
-/// SHA-256("<expiry>:<secret>:<salt>"); the secret is used as its text (64 hex characters).
+/// SHA-256(`"<expiry>:<secret>:<salt>"`); the secret is used as its text (64 hex characters).
 pub fn firezone_password(secret: &[u8], expiry: u64, salt: &str) -> String {
     let mut context = ring::digest::Context::new(&ring::digest::SHA256);
     context.update(expiry.to_string().as_bytes());
