@@ -31,7 +31,11 @@ fn main() -> ExitCode {
             }
         };
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        // tungstenite traces the portal's handshake request and every frame: the token and
+        // the stamp secret, which are never logged.
+        .filter_module("tungstenite", log::LevelFilter::Info)
+        .init();
 
     let settings = match cli::settings(args, random_hex) {
         Ok(settings) => settings,
@@ -56,6 +60,11 @@ fn main() -> ExitCode {
     info!(
         "file descriptors: {descriptors} (each allocation holds one per relayed family; beyond that, Allocate gets 508)"
     );
+    // Where the portal is, for the log: never its URL, which carries the token.
+    let portal_at = settings
+        .portal
+        .as_ref()
+        .map(|p| format!("{}:{}", p.endpoint.host, p.endpoint.port));
     let options = driver::Options {
         metrics_addr: settings.metrics_addr,
         start_time_unix: unix_now(),
@@ -89,6 +98,9 @@ fn main() -> ExitCode {
         info!("TURN over {tls} on {tcp:?}");
     }
     info!("{}", driver.core().peer_policy().describe());
+    if let Some(portal) = portal_at {
+        info!("Firezone mode: joining the portal at {portal}; no allocations until it sends init");
+    }
     if let Some(addr) = driver.metrics_address() {
         info!("metrics on http://{addr}/metrics, health on http://{addr}/healthz");
     }

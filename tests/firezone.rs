@@ -523,3 +523,31 @@ fn standalone_firezone_scheme_logs_working_credentials() {
     client.realm = "firezone".into();
     assert!(allocate(&mut client).is_some());
 }
+
+/// The token and the stamp secret never reach the log, even at RUST_LOG=trace (tungstenite
+/// traces requests and frames; the relay caps it).
+#[test]
+fn token_and_secret_are_never_logged() {
+    let portal = StandIn::start();
+    let token = "never-log-this-token";
+    let mut child = Command::new(common::relay_binary())
+        .args(["--listen-addr", "127.0.0.1:0", "--portal-token", token])
+        .args(["--portal-ws-url", &portal.url()])
+        .args(["--test-portal-heartbeat-ms", "50"])
+        .env("RUST_LOG", "trace")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start relay");
+    let joins = portal.wait_for_joins(1);
+    wait_until("a few heartbeats", || portal.heartbeats().len() >= 3);
+    // SAFETY: the pid of a child we started and have not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut log = String::new();
+    let mut stderr = child.stderr.take().expect("stderr");
+    stderr.read_to_string(&mut log).expect("read log");
+    assert!(child.wait().expect("wait").success());
+    assert!(log.contains("joined the relay channel"), "{log}");
+    assert!(!log.contains(token), "token in the log");
+    assert!(!log.contains(joins[0].1.as_str()), "secret in the log");
+}
