@@ -33,7 +33,7 @@ use stun_codec::rfc5766::attributes::{
 };
 use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND};
 use tungstenite::Message;
-use tungstenite::handshake::server::{Request, Response};
+use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use turn_servers::Pki;
 
 const TOKEN: &str = "relay-token/with+odd=chars";
@@ -47,6 +47,8 @@ struct Seen {
     /// Per connection: the request URI and the `stamp_secret` of its phx_join.
     joins: Vec<(String, String)>,
     heartbeats: Vec<Instant>,
+    /// Handshakes refused with 401 (a token containing "revoked").
+    refused: usize,
 }
 
 struct StandIn {
@@ -173,6 +175,12 @@ fn serve(
     let mut uri = String::new();
     let callback = |request: &Request, response: Response| {
         uri = request.uri().to_string();
+        if uri.contains("token=revoked") {
+            seen.lock().unwrap().refused += 1;
+            let mut refusal = ErrorResponse::new(Some("invalid token".into()));
+            *refusal.status_mut() = tungstenite::http::StatusCode::UNAUTHORIZED;
+            return Err(refusal);
+        }
         Ok(response)
     };
     let Ok(mut socket) = tungstenite::accept_hdr(stream, callback) else {
@@ -549,4 +557,32 @@ fn token_and_secret_are_never_logged() {
     assert!(log.contains("joined the relay channel"), "{log}");
     assert!(!log.contains(token), "token in the log");
     assert!(!log.contains(joins[0].1.as_str()), "secret in the log");
+}
+
+/// A token the portal refuses (401 at the WebSocket handshake) is a clear log line, and the
+/// relay keeps trying with its backoff (the token may be fixed on the portal's side); an
+/// explicit --realm other than Firezone's is warned about.
+#[test]
+fn a_refused_token_is_logged_and_retried() {
+    let portal = StandIn::start();
+    let mut relay = RelayProcess::start_with(&[
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--portal-token",
+        "revoked",
+        "--portal-ws-url",
+        &portal.url(),
+        "--test-portal-backoff-ms",
+        "20",
+        "--realm",
+        "elsewhere",
+    ]);
+    relay.wait_for_log("Firezone's clients use the realm");
+    let line = relay.wait_for_log("handshake failed");
+    assert!(line.contains("401"), "{line}");
+    assert!(!line.contains("revoked"), "the token is not logged: {line}");
+    wait_until("the relay tries again", || {
+        portal.seen.lock().unwrap().refused >= 3
+    });
+    assert!(portal.joins().is_empty());
 }
