@@ -80,9 +80,13 @@ impl Endpoint {
         } else {
             self.host.clone()
         };
+        // The default port stays implicit, so that the Host header is the bare host name.
+        let port = match (self.tls, self.port) {
+            (true, 443) | (false, 80) => String::new(),
+            (_, port) => format!(":{port}"),
+        };
         let mut url = format!(
-            "{scheme}://{host}:{}{}/relay/websocket?token={}",
-            self.port,
+            "{scheme}://{host}{port}{}/relay/websocket?token={}",
             self.path,
             percent_encode(token)
         );
@@ -163,10 +167,20 @@ mod tests {
 
     #[test]
     fn join_url_carries_token_and_addresses() {
+        let plain = Endpoint::parse("http://portal:80").unwrap();
+        assert_eq!(
+            plain.join_url("t", None, None),
+            "ws://portal/relay/websocket?token=t"
+        );
+        let odd = Endpoint::parse("wss://portal:80").unwrap();
+        assert_eq!(
+            odd.join_url("t", None, None),
+            "wss://portal:80/relay/websocket?token=t"
+        );
         let endpoint = Endpoint::parse("wss://api.firezone.dev").unwrap();
         assert_eq!(
             endpoint.join_url("a b/c+=", Some(Ipv4Addr::new(203, 0, 113, 1)), None),
-            "wss://api.firezone.dev:443/relay/websocket?token=a%20b%2Fc%2B%3D&ipv4=203.0.113.1"
+            "wss://api.firezone.dev/relay/websocket?token=a%20b%2Fc%2B%3D&ipv4=203.0.113.1"
         );
         let endpoint = Endpoint::parse("ws://[::1]:4000/base/").unwrap();
         assert_eq!(
