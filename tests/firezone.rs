@@ -175,6 +175,11 @@ fn serve(
     let mut uri = String::new();
     let callback = |request: &Request, response: Response| {
         uri = request.uri().to_string();
+        let agent = request
+            .headers()
+            .get("User-Agent")
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(agent, Some(concat!("relay/", env!("CARGO_PKG_VERSION"))));
         if uri.contains("token=revoked") {
             seen.lock().unwrap().refused += 1;
             let mut refusal = ErrorResponse::new(Some("invalid token".into()));

@@ -14,8 +14,10 @@ use mio::{Interest, Registry, Token};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
+use tungstenite::client::IntoClientRequest;
 use tungstenite::handshake::client::ClientHandshake;
 use tungstenite::handshake::{HandshakeError, MidHandshake};
+use tungstenite::http::HeaderValue;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
@@ -253,8 +255,18 @@ impl PortalLink {
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_MESSAGE))
             .max_frame_size(Some(MAX_MESSAGE));
-        let result =
-            tungstenite::client::client_with_config(self.join_url.as_str(), stream, Some(config));
+        // The seed's User-Agent: "relay/<version>" (the portal records it).
+        let request = match self.join_url.as_str().into_client_request() {
+            Ok(mut request) => {
+                request.headers_mut().insert(
+                    "User-Agent",
+                    HeaderValue::from_static(concat!("relay/", env!("CARGO_PKG_VERSION"))),
+                );
+                request
+            }
+            Err(e) => return self.lost(now, &format!("bad portal URL: {e}")),
+        };
+        let result = tungstenite::client::client_with_config(request, stream, Some(config));
         self.handshaken(now, result.map(|(socket, _)| socket));
     }
 
