@@ -60,6 +60,18 @@ fn main() -> ExitCode {
     info!(
         "file descriptors: {descriptors} (each allocation holds one per relayed family; beyond that, Allocate gets 508)"
     );
+    let portal_tls = match &settings.portal {
+        Some(portal) if portal.endpoint.tls => {
+            match driver::portal::client_config(portal.ca_file.as_deref()) {
+                Ok(config) => Some(config),
+                Err(e) => {
+                    eprintln!("relay: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ => None,
+    };
     // Where the portal is, for the log: never its URL, which carries the token.
     let portal_at = settings
         .portal
@@ -78,6 +90,7 @@ fn main() -> ExitCode {
             handshake_deadline: streams.handshake_deadline,
         },
         portal: settings.portal,
+        portal_tls,
         portal_seed: u64::from_le_bytes(random_bytes::<8>()),
     };
     let mut driver = match Driver::new(settings.config, random_bytes::<32>(), options) {

@@ -488,6 +488,17 @@ fn invalid_portal_configuration_exits_2() {
         (&["--portal-token", "a b"], "--portal-token"),
         (&["--auth-scheme", "md5"], "--auth-scheme"),
         (
+            &[
+                "--portal-token",
+                "t",
+                "--portal-ws-url",
+                "wss://127.0.0.1:9",
+                "--portal-ca-file",
+                "/nonexistent/ca.pem",
+            ],
+            "--portal-ca-file",
+        ),
+        (
             &["--portal-token", "t", "--test-portal-heartbeat-ms", "0"],
             "heartbeat",
         ),

@@ -12,7 +12,7 @@ pub mod interfaces;
 pub mod limits;
 #[allow(unsafe_code)] // sysconf, getrlimit (process gauges)
 mod metrics;
-mod portal;
+pub mod portal;
 #[allow(unsafe_code)] // signalfd
 mod signals;
 #[allow(unsafe_code)] // setsockopt
@@ -76,6 +76,8 @@ pub struct Options {
     pub streams: StreamOptions,
     /// Firezone mode: the portal to join (no allocations until its `init`).
     pub portal: Option<crate::cli::PortalSettings>,
+    /// Verifies a wss:// portal (`portal::client_config`).
+    pub portal_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// Jitters the portal's reconnection backoff.
     pub portal_seed: u64,
 }
@@ -188,6 +190,7 @@ impl Driver {
         let portal = match options.portal {
             Some(settings) => Some(portal::PortalLink::new(
                 settings,
+                options.portal_tls,
                 PORTAL_TOKEN,
                 clock::now().instant,
                 options.portal_seed,

@@ -96,17 +96,22 @@ pub(super) struct PortalLink {
 }
 
 impl PortalLink {
-    /// Fails (a start-up error) if wss:// has no CA certificates to verify the portal.
+    /// `tls` verifies a wss:// portal (`client_config`, loaded by main.rs); fails without it.
     pub(super) fn new(
         settings: PortalSettings,
+        tls: Option<Arc<ClientConfig>>,
         token: Token,
         now: Instant,
         seed: u64,
     ) -> io::Result<PortalLink> {
-        let tls = if settings.endpoint.tls {
-            Some(client_config(settings.ca_file.as_deref())?)
-        } else {
-            None
+        let tls = match (settings.endpoint.tls, tls) {
+            (false, _) => None,
+            (true, Some(tls)) => Some(tls),
+            (true, None) => {
+                return Err(io::Error::other(
+                    "wss:// portal without a TLS configuration",
+                ));
+            }
         };
         Ok(PortalLink {
             portal: Portal::new(settings.stamp_secret, settings.timing, now, seed),
@@ -330,8 +335,9 @@ impl PortalLink {
     }
 }
 
-/// rustls client configuration trusting `ca_file`'s certificates, or the system's.
-fn client_config(ca_file: Option<&Path>) -> io::Result<Arc<ClientConfig>> {
+/// rustls client configuration trusting `ca_file`'s certificates, or the system's: what
+/// verifies a wss:// portal. The error is a start-up error for the operator.
+pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
     let files: Vec<&Path> = match ca_file {
         Some(path) => vec![path],
         None => SYSTEM_CA_FILES
@@ -343,7 +349,7 @@ fn client_config(ca_file: Option<&Path>) -> io::Result<Arc<ClientConfig>> {
     let mut roots = RootCertStore::empty();
     for path in &files {
         let certificates = CertificateDer::pem_file_iter(path)
-            .map_err(|e| io::Error::other(format!("--portal-ca-file {}: {e}", path.display())))?;
+            .map_err(|e| format!("--portal-ca-file {}: {e}", path.display()))?;
         for certificate in certificates.flatten() {
             if let Err(e) = roots.add(certificate) {
                 warn!(
@@ -357,13 +363,14 @@ fn client_config(ca_file: Option<&Path>) -> io::Result<Arc<ClientConfig>> {
         }
     }
     if roots.is_empty() {
-        return Err(io::Error::other(
-            "wss:// portal: no CA certificates to verify it (install ca-certificates or set --portal-ca-file)",
-        ));
+        return Err(
+            "wss:// portal: no CA certificates to verify it (install ca-certificates or set --portal-ca-file)"
+                .into(),
+        );
     }
     let config = ClientConfig::builder_with_provider(super::tls::crypto_provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| io::Error::other(format!("TLS: {e}")))?
+        .map_err(|e| format!("TLS: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
