@@ -434,9 +434,10 @@ fn heartbeats_stay_on_time_under_a_udp_flood() {
     assert!(sent > 10_000, "the flood was a flood: {sent} datagrams");
     // 15 are due (one per 200 ms). A loop that drains a flooded socket before anything else
     // sends none while the flood lasts; the bounds leave room for a CI machine whose cores
-    // are shared (at a load average of 6.5 on 2 cores gaps of 0.85 s were seen).
+    // are shared (at a load average of 8 on 2 cores, shared with other jobs: 12 to 14
+    // heartbeats, worst gaps 0.23 to 0.61 s).
     assert!(
-        beats.len() >= 5,
+        beats.len() >= 6,
         "{} heartbeats in {FLOOD:?} of flood",
         beats.len()
     );
