@@ -11,16 +11,35 @@ mod bandwidth;
 pub use bandwidth::{BandwidthArgs, parse_bits_per_second};
 
 use crate::core::credentials::rest_api_password;
-use crate::core::{Cidr, Config, Lifetimes, RelayAddress};
+use crate::core::{AuthScheme, Cidr, Config, Lifetimes, RelayAddress};
 use crate::driver::interfaces;
 use crate::logging::LogFormat;
 
 pub mod config_file;
 
+mod portal;
+pub use portal::PortalSettings;
+
 /// The realm used when `--realm` is not given.
 pub const DEFAULT_REALM: &str = "relay";
 /// SOFTWARE is "fewer than 128 characters" (RFC 8489 §14.14; at most 509 bytes of UTF-8).
 pub const MAX_SOFTWARE_CHARS: usize = 127;
+/// The realm of Firezone's credentials (its clients compute their key with it).
+pub const FIREZONE_REALM: &str = "firezone";
+/// Where Firezone's relays find the portal.
+pub const DEFAULT_PORTAL_WS_URL: &str = "wss://api.firezone.dev";
+
+/// `--auth-scheme`: how credentials are minted from the secret.
+// The variants have no doc comments: clap would list them in a long `--help` layout, which
+// puts each flag's `[env: …]` on a line of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[allow(missing_docs)]
+pub enum AuthSchemeArg {
+    // TURN REST API: `<expiry>[:<id>]`, base64(HMAC-SHA1(secret, username)).
+    Rest,
+    // Firezone's: `<expiry>:<salt>`, base64(SHA-256("<expiry>:<secret>:<salt>")).
+    Firezone,
+}
 /// Dual-stack by default; IPv6 sockets are IPV6_V6ONLY so both can bind port 3478.
 pub const DEFAULT_LISTEN: [&str; 2] = ["0.0.0.0:3478", "[::]:3478"];
 
@@ -73,9 +92,53 @@ pub struct Args {
     )]
     pub highest_port: u16,
 
-    /// Realm for long-term credentials.
-    #[arg(long, env = "RELAY_REALM", value_name = "REALM", default_value = DEFAULT_REALM)]
-    pub realm: String,
+    /// Realm for long-term credentials [default: relay; firezone with --auth-scheme firezone].
+    #[arg(long, env = "RELAY_REALM", value_name = "REALM")]
+    pub realm: Option<String>,
+
+    /// How credentials are minted from the secret [default: rest; firezone with --portal-token].
+    #[arg(long, env = "RELAY_AUTH_SCHEME", value_name = "SCHEME")]
+    pub auth_scheme: Option<AuthSchemeArg>,
+
+    /// Firezone mode: the relay token from the portal. The relay connects to the portal,
+    /// hands it a secret made for this run, and takes allocations once the portal sends
+    /// `init` [default: standalone].
+    #[arg(
+        long,
+        env = "PORTAL_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub portal_token: Option<String>,
+
+    /// The portal's WebSocket base URL (ws:// or wss://); the relay opens
+    /// URL/relay/websocket.
+    #[arg(long, env = "PORTAL_WS_URL", value_name = "URL", default_value = DEFAULT_PORTAL_WS_URL)]
+    pub portal_ws_url: String,
+
+    /// PEM file of the CA certificates that verify a wss:// portal [default: the system's
+    /// CA bundle].
+    #[arg(long, env = "RELAY_PORTAL_CA_FILE", value_name = "PATH")]
+    pub portal_ca_file: Option<PathBuf>,
+
+    /// For tests only (hidden): portal heartbeats every MS milliseconds (30 s otherwise).
+    #[arg(
+        long,
+        env = "RELAY_TEST_PORTAL_HEARTBEAT_MS",
+        value_name = "MS",
+        hide = true
+    )]
+    pub test_portal_heartbeat_ms: Option<u64>,
+
+    /// For tests only (hidden): the first reconnection delay in milliseconds (1 s
+    /// otherwise; the cap is 4 times it instead of 60 s).
+    #[arg(
+        long,
+        env = "RELAY_TEST_PORTAL_BACKOFF_MS",
+        value_name = "MS",
+        hide = true
+    )]
+    pub test_portal_backoff_ms: Option<u64>,
 
     /// TURN REST API shared secret; repeat it to accept credentials minted from any of
     /// several secrets while rotating [default: a random secret for this run, logged with a
@@ -382,12 +445,15 @@ pub struct Settings {
     pub alternate_server: Option<SocketAddr>,
     /// Whether usage records carry the client's address.
     pub log_client_addresses: bool,
+    /// Firezone mode: the portal to join.
+    pub portal: Option<PortalSettings>,
 }
 
 /// Validates the flags into the core's `Config` and the driver's settings.
+/// `random_secret(n)` is n random bytes as hex (a generated secret).
 pub fn settings(
     mut args: Args,
-    random_secret: impl FnOnce() -> String,
+    random_secret: impl FnOnce(usize) -> String,
 ) -> Result<Settings, String> {
     let mut notes = Vec::new();
     if is_default_listen(&args.listen_addr) && !ipv6_available() {
@@ -418,7 +484,19 @@ pub fn settings(
             args.highest_port
         ));
     }
-    if args.realm.is_empty() || args.realm.chars().count() >= 128 || args.realm.contains('"') {
+    let portal = args.portal_token.is_some();
+    let scheme = match args.auth_scheme {
+        Some(AuthSchemeArg::Rest) => AuthScheme::Rest,
+        Some(AuthSchemeArg::Firezone) => AuthScheme::Firezone,
+        None if portal => AuthScheme::Firezone,
+        None => AuthScheme::Rest,
+    };
+    let realm = match (args.realm.take(), scheme) {
+        (Some(realm), _) => realm,
+        (None, AuthScheme::Firezone) => FIREZONE_REALM.to_owned(),
+        (None, AuthScheme::Rest) => DEFAULT_REALM.to_owned(),
+    };
+    if realm.is_empty() || realm.chars().count() >= 128 || realm.contains('"') {
         return Err("--realm: must be 1 to 127 characters, without '\"'".into());
     }
     if let Some(software) = &args.software
@@ -429,6 +507,17 @@ pub fn settings(
             software.chars().count()
         ));
     }
+    if scheme == AuthScheme::Firezone && realm != FIREZONE_REALM {
+        notes.push(format!(
+            "--realm {realm}: Firezone's clients use the realm {FIREZONE_REALM:?} for their key; others fail with 401"
+        ));
+    }
+    if portal && (!args.auth_secret.is_empty() || args.auth_secret_file.is_some()) {
+        return Err("--auth-secret, --auth-secret-file: not with --portal-token (the relay makes its secret and hands it to the portal)".into());
+    }
+    if portal && scheme == AuthScheme::Rest {
+        notes.push("--auth-scheme rest with --portal-token: the portal mints Firezone credentials, which will fail".into());
+    }
     if args.auth_secret.iter().any(String::is_empty) {
         return Err("--auth-secret: must not be empty".into());
     }
@@ -437,11 +526,14 @@ pub fn settings(
         args.auth_secret.extend(from_file);
     }
     let streams = stream_settings(&args)?;
-    let (secrets, generated_secret) = if args.auth_secret.is_empty() {
-        let secret = random_secret();
+    let (secrets, generated_secret) = if portal {
+        // 32 random bytes as 64 hex characters, as Firezone's relay makes it; never logged.
+        (vec![random_secret(32)], None)
+    } else if args.auth_secret.is_empty() {
+        let secret = random_secret(16);
         (vec![secret.clone()], Some(secret))
     } else {
-        (args.auth_secret, None)
+        (std::mem::take(&mut args.auth_secret), None)
     };
     if args.max_allocations_per_user == 0 || args.max_allocations == Some(0) {
         return Err("--max-allocations / --max-allocations-per-user: must be at least 1".into());
@@ -472,10 +564,17 @@ pub fn settings(
     if relay_v4.is_none() && relay_v6.is_none() {
         return Err("--listen-addr: no address to relay from".into());
     }
+    let portal = match &args.portal_token {
+        None => None,
+        Some(token) => Some(portal::settings(
+            &args, token, &secrets, relay_v4, relay_v6,
+        )?),
+    };
     let config = Config {
         listeners: args.listen_addr,
-        realm: args.realm,
+        realm,
         auth_secrets: secrets.into_iter().map(String::into_bytes).collect(),
+        auth_scheme: scheme,
         relay_v4,
         relay_v6,
         ports: args.lowest_port..=args.highest_port,
@@ -503,6 +602,7 @@ pub fn settings(
         drain: Duration::from_secs(args.drain_seconds),
         alternate_server: args.alternate_server,
         log_client_addresses: args.log_client_addresses,
+        portal,
     })
 }
 

@@ -14,3 +14,4 @@ pub mod cli;
 pub mod core;
 pub mod driver;
 pub mod logging;
+pub mod portal;

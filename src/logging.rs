@@ -32,6 +32,9 @@ const RESERVED: [&str; 4] = ["time", "level", "target", "message"];
 pub fn init(format: LogFormat) {
     let mut builder =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("trace"));
+    // tungstenite traces the portal's handshake request and every frame: the token and the
+    // stamp secret, which are never logged.
+    builder.filter_module("tungstenite", log::LevelFilter::Info);
     if format == LogFormat::Json {
         builder.format(|buf, record| {
             let time = buf.timestamp_millis().to_string();

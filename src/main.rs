@@ -12,7 +12,6 @@ use clap::Parser;
 use log::{error, info, warn};
 
 use relay::cli::{self, Args, Settings};
-use relay::core::credentials;
 use relay::driver::clock::unix_now;
 use relay::driver::{self, Driver};
 
@@ -44,7 +43,7 @@ fn main() -> ExitCode {
         };
     }
     relay::logging::init(args.log_format);
-    let settings = match cli::settings(args, || hex(&random_bytes::<16>())) {
+    let settings = match cli::settings(args, random_hex) {
         Ok(settings) => settings,
         Err(message) => {
             eprintln!("relay: {message}");
@@ -84,6 +83,23 @@ fn main() -> ExitCode {
         settings.drain,
         settings.alternate_server,
     );
+    let portal_tls = match &settings.portal {
+        Some(portal) if portal.endpoint.tls => {
+            match driver::portal::client_config(portal.ca_file.as_deref()) {
+                Ok(config) => Some(config),
+                Err(e) => {
+                    eprintln!("relay: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ => None,
+    };
+    // Where the portal is, for the log: never its URL, which carries the token.
+    let portal_at = settings
+        .portal
+        .as_ref()
+        .map(|p| format!("{}:{}", p.endpoint.host, p.endpoint.port));
     let options = driver::Options {
         control,
         metrics_addr: settings.metrics_addr,
@@ -99,6 +115,9 @@ fn main() -> ExitCode {
             handshake_deadline: streams.handshake_deadline,
         },
         log_client_addresses: settings.log_client_addresses,
+        portal: settings.portal,
+        portal_tls,
+        portal_seed: u64::from_le_bytes(random_bytes::<8>()),
     };
     let mut driver = match Driver::new(settings.config, random_bytes::<32>(), options) {
         Ok(driver) => driver,
@@ -118,6 +137,9 @@ fn main() -> ExitCode {
         info!("TURN over {tls} on {tcp:?}");
     }
     info!("{}", driver.core().peer_policy().describe());
+    if let Some(portal) = portal_at {
+        info!("Firezone mode: joining the portal at {portal}; no allocations until it sends init");
+    }
     if let Some(addr) = driver.metrics_address() {
         info!("metrics on http://{addr}/metrics, health on http://{addr}/healthz");
     }
@@ -127,7 +149,7 @@ fn main() -> ExitCode {
     if let Some(secret) = settings.generated_secret {
         let expiry = unix_now() + DEMO_CREDENTIALS_TTL_SECS;
         let username = format!("{expiry}:demo");
-        let password = credentials::rest_api_password(secret.as_bytes(), &username);
+        let password = config.auth_scheme.password(secret.as_bytes(), &username);
         info!("no --auth-secret given: generated secret {secret} for this run");
         info!("try it: username {username} password {password} (valid 24 h)");
     }
@@ -149,10 +171,18 @@ fn main() -> ExitCode {
 /// logged and left as it is (the core keeps it too).
 fn reloader(argv: Vec<OsString>, start: &Settings) -> driver::control::Reload {
     let generated = start.generated_secret.clone();
+    // Firezone mode: the portal holds the secret made at start; a reload keeps it.
+    let portal_secrets = start
+        .portal
+        .as_ref()
+        .map(|_| start.config.auth_secrets.clone());
     let bound = restart_only(start);
     Box::new(move || {
         let args = cli::config_file::args_with_config_file(&argv)?;
-        let new = cli::settings(args, || generated.clone().unwrap_or_default())?;
+        let mut new = cli::settings(args, |_| generated.clone().unwrap_or_default())?;
+        if let Some(secrets) = &portal_secrets {
+            new.config.auth_secrets = secrets.clone();
+        }
         if new.generated_secret.is_some() && generated.is_none() {
             return Err("no --auth-secret or --auth-secret-file any more".into());
         }
@@ -182,6 +212,10 @@ fn restart_only(settings: &Settings) -> Vec<(&'static str, String)> {
             format!("{:?}", config.ports),
         ),
         ("--metrics-addr", format!("{:?}", settings.metrics_addr)),
+        (
+            "--portal-ws-url (or --portal-token set or unset)",
+            format!("{:?}", settings.portal.as_ref().map(|p| &p.endpoint)),
+        ),
         ("--no-tcp", format!("{:?}", !streams.tcp)),
         ("--tls-listen-addr", format!("{:?}", streams.tls_listen)),
         (
@@ -211,6 +245,18 @@ fn random_bytes<const N: usize>() -> [u8; N] {
         std::process::exit(1);
     }
     bytes
+}
+
+/// `count` random bytes as hex: a generated secret (16 bytes for the demo secret, 32 for
+/// the Firezone stamp secret).
+#[allow(clippy::disallowed_methods)]
+fn random_hex(count: usize) -> String {
+    let mut bytes = vec![0u8; count];
+    if let Err(e) = getrandom::fill(&mut bytes) {
+        eprintln!("relay: cannot read the OS random source: {e}");
+        std::process::exit(1);
+    }
+    hex(&bytes)
 }
 
 fn hex(bytes: &[u8]) -> String {

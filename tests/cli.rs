@@ -224,7 +224,7 @@ fn readme_flags(heading: &str) -> BTreeMap<String, Option<String>> {
         }
         let env = cells[2]
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .find(|w| w.starts_with("RELAY_"))
+            .find(|w| w.starts_with("RELAY_") || w.starts_with("PORTAL_"))
             .map(str::to_owned);
         for word in cells[1].split(|c: char| c == '`' || c.is_whitespace()) {
             if let Some(name) = word.strip_prefix("--")

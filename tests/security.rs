@@ -53,6 +53,7 @@ fn config() -> Config {
         listeners: vec![sa(LISTEN)],
         realm: REALM.to_owned(),
         auth_secrets: vec![SECRET.to_vec()],
+        auth_scheme: Default::default(),
         relay_v4: Some(RelayAddress {
             bind: ip(RELAY_BIND_V4),
             public: ip(RELAY_PUBLIC_V4),

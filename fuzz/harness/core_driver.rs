@@ -333,6 +333,7 @@ pub fn config() -> Config {
         listeners: listeners(),
         realm: REALM.to_owned(),
         auth_secrets: SECRETS.iter().map(|s| s.to_vec()).collect(),
+        auth_scheme: Default::default(),
         relay_v4: Some(RelayAddress {
             bind: ip("10.0.0.10"),
             public: ip("203.0.113.10"),

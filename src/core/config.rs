@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
+use super::auth::credentials::AuthScheme;
 use super::ids::Family;
 use super::policy::cidr::Cidr;
 
@@ -23,8 +24,11 @@ pub struct Config {
     pub listeners: Vec<SocketAddr>,
     /// The REALM of every challenge and of the long-term key.
     pub realm: String,
-    /// TURN REST API shared secrets; credentials minted from any of them are accepted.
+    /// Shared secrets; credentials minted from any of them are accepted. In Firezone mode,
+    /// the secret this run made and handed to the portal.
     pub auth_secrets: Vec<Vec<u8>>,
+    /// How a secret and a username give the password.
+    pub auth_scheme: AuthScheme,
     /// Relayed addresses per family; `None` means the relay cannot allocate that family.
     pub relay_v4: Option<RelayAddress>,
     /// Where IPv6 relay sockets are bound, if the relay has IPv6.
@@ -129,6 +133,7 @@ impl Default for Config {
             listeners: Vec::new(),
             realm: "relay".into(),
             auth_secrets: Vec::new(),
+            auth_scheme: AuthScheme::Rest,
             relay_v4: None,
             relay_v6: None,
             ports: 49152..=65535,

@@ -85,6 +85,7 @@ pub use wire::integrity;
 pub use allocations::Footprint;
 #[doc(hidden)] // for the timer-wheel bench (contrib/bench/src/bin/timer_wheel.rs) only
 pub use allocations::timer_wheel::{Due, TimerHandle, Timers};
+pub use auth::credentials::AuthScheme;
 pub use availability::Availability;
 pub use client::{ClientKey, Transport};
 pub use config::{BandwidthLimits, Config, Lifetimes, RelayAddress};

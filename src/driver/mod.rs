@@ -15,6 +15,7 @@ pub mod limits;
 mod metrics;
 #[allow(unsafe_code)] // clock_gettime (CLOCK_MONOTONIC for systemd)
 mod notify;
+pub mod portal;
 #[allow(unsafe_code)] // signalfd
 mod signals;
 #[allow(unsafe_code)] // setsockopt
@@ -69,6 +70,7 @@ enum Socket {
 /// connections from HTTP_FIRST_TOKEN on.
 const SIGNAL_TOKEN: Token = Token(usize::MAX);
 const HTTP_LISTENER_TOKEN: Token = Token(usize::MAX - 1);
+const PORTAL_TOKEN: Token = Token(usize::MAX - 2);
 const HTTP_FIRST_TOKEN: usize = 1 << 40;
 
 /// What the loop serves besides STUN/TURN over UDP.
@@ -84,6 +86,12 @@ pub struct Options {
     pub control: control::Control,
     /// Usage records carry the client's address (`--log-client-addresses`).
     pub log_client_addresses: bool,
+    /// Firezone mode: the portal to join (no allocations until its `init`).
+    pub portal: Option<crate::cli::PortalSettings>,
+    /// Verifies a wss:// portal (`portal::client_config`).
+    pub portal_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Jitters the portal's reconnection backoff.
+    pub portal_seed: u64,
 }
 
 /// I/O failures of the driver, counted, never fatal.
@@ -122,6 +130,7 @@ pub struct Driver {
     io: IoCounters,
     signals: signals::ShutdownSignals,
     http: Option<http::HttpServer>,
+    portal: Option<portal::PortalLink>,
     start_time_unix: u64,
     control: control::Control,
     log_client_addresses: bool,
@@ -195,19 +204,34 @@ impl Driver {
             .filter(|(_, given)| **given)
             .map(|(addr, _)| *addr)
             .collect();
+        let portal = match options.portal {
+            Some(settings) => Some(portal::PortalLink::new(
+                settings,
+                options.portal_tls,
+                PORTAL_TOKEN,
+                clock::now().instant,
+                options.portal_seed,
+            )?),
+            None => None,
+        };
+        let mut core = Server::new(config, seed);
+        if portal.is_some() {
+            core.set_availability(crate::core::Availability::NotReady);
+        }
         let mut driver = Driver {
             poll,
             sockets,
             listeners,
             tcp_listeners,
             streams: stream::Streams::new(options.streams),
-            core: Server::new(config, seed),
+            core,
             batch: batch::Batch::new(),
             backlog: Vec::new(),
             ready: Vec::new(),
             io: IoCounters::default(),
             signals,
             http,
+            portal,
             start_time_unix: options.start_time_unix,
             control: options.control,
             log_client_addresses: options.log_client_addresses,
@@ -312,6 +336,7 @@ impl Driver {
             self.drain_outputs(now);
             self.streams.new_turn();
             self.expire_connections(now);
+            let mut portal_event = false;
             let mut ready = std::mem::take(&mut self.ready);
             ready.clear();
             ready.append(&mut self.backlog);
@@ -326,6 +351,7 @@ impl Driver {
                         }
                     }
                     HTTP_LISTENER_TOKEN => self.accept_http(now.instant),
+                    PORTAL_TOKEN => portal_event = true,
                     token if token.0 >= HTTP_FIRST_TOKEN => self.serve_http(token, now.instant),
                     token => ready.push(token.0),
                 }
@@ -345,6 +371,14 @@ impl Driver {
             if self.drain_finished(clock::now().instant) {
                 return Ok(());
             }
+            if let Some(link) = self.portal.as_mut() {
+                link.drive_if_due(
+                    now.instant,
+                    portal_event,
+                    self.poll.registry(),
+                    &mut self.core,
+                );
+            }
             http_deadline = self
                 .http
                 .as_mut()
@@ -353,7 +387,7 @@ impl Driver {
     }
 
     fn poll_timeout(&self, http_deadline: Option<Instant>) -> Option<Duration> {
-        if !self.backlog.is_empty() {
+        if !self.backlog.is_empty() || self.portal.as_ref().is_some_and(|p| p.has_more()) {
             return Some(Duration::ZERO);
         }
         let deadline = [
@@ -361,6 +395,7 @@ impl Driver {
             http_deadline,
             self.streams.next_deadline(),
             self.control.deadline(),
+            self.portal.as_ref().map(|p| p.poll_timeout()),
         ]
         .into_iter()
         .flatten()

@@ -429,7 +429,7 @@ impl Client {
                 .expect("401 carries REALM")
                 .text()
                 .to_owned();
-            assert_eq!(realm, REALM);
+            assert_eq!(realm, self.realm);
             self.nonce = Some(nonce);
         }
         let response = self.request(method, attributes);

@@ -72,6 +72,7 @@ pub fn config() -> Config {
         listeners: vec![addr("192.0.2.10:3478")],
         realm: REALM.to_owned(),
         auth_secrets: vec![SECRET.to_vec()],
+        auth_scheme: Default::default(),
         relay_v4: Some(RelayAddress {
             bind: relay_bind(),
             public: relay_public(),

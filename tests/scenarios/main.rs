@@ -5,6 +5,10 @@
 
 #[path = "../support/fake_driver.rs"]
 pub mod fake_driver;
+#[path = "../support/firezone_credentials.rs"]
+mod firezone_credentials;
+#[path = "../support/sha256.rs"]
+mod sha256;
 #[path = "../support/stun_client.rs"]
 pub mod stun_client;
 #[path = "../support/stun_encoder.rs"]
@@ -19,6 +23,7 @@ mod bandwidth;
 mod binding;
 mod channels;
 mod even_port;
+mod firezone;
 mod known_answers;
 mod malformed;
 mod permissions;

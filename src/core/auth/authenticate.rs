@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use stun_codec::rfc5389::attributes::{Nonce, Realm, Username};
 
-use super::credentials::{self, Credentials};
+use super::credentials::{self, AuthScheme, Credentials};
 use super::nonce::{NonceCheck, NonceKey};
 use crate::core::wire::{self as message, integrity};
 
@@ -19,15 +19,16 @@ pub(crate) enum Refused {
     BadRequest,
 }
 
-/// The relay's side of the check: its realm and shared secrets.
+/// The relay's side of the check: its realm, credential scheme and secrets.
 pub(crate) struct Verifier<'a> {
     pub(crate) realm: &'a str,
+    pub(crate) scheme: AuthScheme,
     pub(crate) secrets: &'a [Vec<u8>],
 }
 
 impl Verifier<'_> {
     /// RFC 8489 §9.2.4 up to and including MESSAGE-INTEGRITY: present (else 401), USERNAME,
-    /// REALM and NONCE present (400), the username a REST username not expired (401), the
+    /// REALM and NONCE present (400), the username well-formed for the scheme and not expired (401), the
     /// MESSAGE-INTEGRITY right for it (401). The nonce is judged after this, by the caller
     /// (`nonce_is_fresh`), so that a wrong password is 401 whatever the nonce.
     ///
@@ -54,13 +55,13 @@ impl Verifier<'_> {
             .get(username)
             .and_then(|bytes| std::str::from_utf8(bytes).ok())
             .ok_or(Refused::Unauthorized)?;
-        let expiry = credentials::username_expiry(username).ok_or(Refused::Unauthorized)?;
+        let expiry = self.scheme.expiry(username).ok_or(Refused::Unauthorized)?;
         if expiry < unix_now && !lives_on(username) {
             return Err(Refused::Unauthorized);
         }
         // The key uses our realm: a client that answered with another one fails the MAC.
         for secret in self.secrets {
-            let password = credentials::rest_api_password(secret, username);
+            let password = self.scheme.password(secret, username);
             let key = credentials::long_term_key(username, self.realm, &password);
             if integrity::verify_message_integrity(datagram, integrity_at, &key) {
                 return Ok(Credentials {

@@ -128,6 +128,7 @@ impl Server {
     ) -> Result<Credentials, Failure> {
         let verifier = Verifier {
             realm: &self.config.realm,
+            scheme: self.config.auth_scheme,
             secrets: &self.config.auth_secrets,
         };
         let lives_on = |username: &str| {
