@@ -8,8 +8,8 @@
 use std::fmt::Write as _;
 use std::io::Write;
 
-use log::kv::{self, VisitSource};
 use log::Record;
+use log::kv::{self, VisitSource};
 
 /// How log lines look: env_logger's human-readable lines (a record's fields appended as
 /// `key=value`), or one JSON object per line.

@@ -558,6 +558,7 @@ fn token_and_secret_are_never_logged() {
         .args(["--listen-addr", "127.0.0.1:0", "--portal-token", token])
         .args(["--portal-ws-url", &portal.url()])
         .args(["--test-portal-heartbeat-ms", "50"])
+        .args(["--log-level", "trace"])
         .env("RUST_LOG", "trace")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -572,6 +573,7 @@ fn token_and_secret_are_never_logged() {
     stderr.read_to_string(&mut log).expect("read log");
     assert!(child.wait().expect("wait").success());
     assert!(log.contains("joined the relay channel"), "{log}");
+    assert!(log.contains(" TRACE "), "the log is at trace level: {log}");
     assert!(!log.contains(token), "token in the log");
     assert!(!log.contains(joins[0].1.as_str()), "secret in the log");
 }

@@ -37,8 +37,8 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use crate::core::{
-    AllocationId, Config, EndReason, Family, HEADROOM, ListenerId, Now, OpenError, Output, RelayId, Server,
-    Transport,
+    AllocationId, Config, EndReason, Family, HEADROOM, ListenerId, Now, OpenError, Output, RelayId,
+    Server, Transport,
 };
 
 /// Where the datagrams of the socket being read come from.
