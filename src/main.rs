@@ -180,6 +180,13 @@ fn reloader(argv: Vec<OsString>, start: &Settings) -> driver::control::Reload {
     Box::new(move || {
         let args = cli::config_file::args_with_config_file(&argv)?;
         let mut new = cli::settings(args, |_| generated.clone().unwrap_or_default())?;
+        // The portal is joined, and its secret made, only at start: a reload that turns
+        // Firezone mode on would take the Firezone scheme with no secret handed to any
+        // portal (the closure above gives "" then), accepting credentials minted from the
+        // empty secret; one that turns it off would drop the portal's secret.
+        if new.portal.is_some() != portal_secrets.is_some() {
+            return Err("--portal-token set or unset: that needs a restart".into());
+        }
         if let Some(secrets) = &portal_secrets {
             new.config.auth_secrets = secrets.clone();
         }

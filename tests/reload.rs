@@ -4,6 +4,10 @@
 //! RELOADING=1 and STOPPING=1 on $NOTIFY_SOCKET.
 
 mod common;
+#[path = "support/firezone_credentials.rs"]
+mod firezone_credentials;
+#[path = "support/sha256.rs"]
+mod sha256;
 #[path = "support/stun_encoder.rs"]
 mod stun_encoder;
 
@@ -329,4 +333,35 @@ fn the_shipped_environment_file_reads_as_a_config_file() {
     // ends at once.
     assert!(relay.terminate().success());
     relay.wait_for_log("drain done");
+}
+
+#[test]
+fn a_portal_token_added_on_sighup_is_refused_not_an_empty_secret() {
+    // Started standalone with a secret; the file then names a portal token instead (an
+    // operator switching to Firezone mode). The portal is joined only at start, so the
+    // reload must be refused: taking the new scheme with the secret a portal would have been
+    // given (none was made) would accept credentials minted from the empty secret.
+    let config = temp_file("portal", "relay.env", "RELAY_AUTH_SECRET=standalone\n");
+    let (lowest, highest) = ports();
+    let mut relay = RelayProcess::start(&[
+        "--config-file",
+        config.to_str().expect("path"),
+        "--lowest-port",
+        &lowest,
+        "--highest-port",
+        &highest,
+    ]);
+    std::fs::write(&config, "PORTAL_TOKEN=a-relay-token\n").expect("rewrite");
+    relay.signal(libc::SIGHUP);
+    let line = relay.wait_for_log("keeping the current configuration");
+    assert!(line.contains("--portal-token"), "{line}");
+    let (username, password) =
+        firezone_credentials::firezone_credentials("", unix_now() + 3600, "anyone");
+    let mut forged = Client::new(relay.addr, &username, &password);
+    assert_eq!(
+        forged.authenticated(ALLOCATE, vec![udp()]).error_code(),
+        Some(401)
+    );
+    assert_eq!(allocate_error(relay.addr, "standalone", "grace"), None);
+    assert!(relay.terminate().success());
 }
