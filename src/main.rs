@@ -177,6 +177,8 @@ fn reloader(argv: Vec<OsString>, start: &Settings) -> driver::control::Reload {
         .as_ref()
         .map(|_| start.config.auth_secrets.clone());
     let bound = restart_only(start);
+    // The URL the portal is joined with holds the token: compared, never logged.
+    let join_url = start.portal.as_ref().map(|p| p.join_url.clone());
     Box::new(move || {
         let args = cli::config_file::args_with_config_file(&argv)?;
         let mut new = cli::settings(args, |_| generated.clone().unwrap_or_default())?;
@@ -197,6 +199,11 @@ fn reloader(argv: Vec<OsString>, start: &Settings) -> driver::control::Reload {
             if *was != now {
                 warn!("SIGHUP: {name} changed from {was} to {now}: that needs a restart");
             }
+        }
+        if new.portal.as_ref().map(|p| &p.join_url) != join_url.as_ref() {
+            warn!(
+                "SIGHUP: --portal-token (or an address sent with it) changed: the portal connection keeps the old one until a restart"
+            );
         }
         if new.log_level != log::max_level() {
             let level = new.log_level.as_str().to_ascii_lowercase();
@@ -233,6 +240,22 @@ fn restart_only(settings: &Settings) -> Vec<(&'static str, String)> {
         (
             "--max-connections-per-ip",
             format!("{}", streams.max_connections_per_ip),
+        ),
+        (
+            "--max-pending-connections",
+            format!("{}", streams.max_pending_connections),
+        ),
+        (
+            "--no-allocation-deadline",
+            format!("{:?}", streams.no_allocation_deadline),
+        ),
+        (
+            "--log-client-addresses",
+            format!("{}", settings.log_client_addresses),
+        ),
+        (
+            "--portal-ca-file",
+            format!("{:?}", settings.portal.as_ref().map(|p| &p.ca_file)),
         ),
         ("--drain-seconds", format!("{:?}", settings.drain)),
         (

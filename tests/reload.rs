@@ -365,3 +365,39 @@ fn a_portal_token_added_on_sighup_is_refused_not_an_empty_secret() {
     assert_eq!(allocate_error(relay.addr, "standalone", "grace"), None);
     assert!(relay.terminate().success());
 }
+
+#[test]
+fn what_a_reload_cannot_change_is_named_and_the_portal_token_never_logged() {
+    // A portal nobody answers at: the relay keeps trying; what matters here is the reload.
+    let portal = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("ws://{}", portal.local_addr().expect("addr"));
+    drop(portal);
+    let config = temp_file(
+        "restart-only",
+        "relay.env",
+        "PORTAL_TOKEN=first-token\nRELAY_MAX_PENDING_CONNECTIONS=100\n",
+    );
+    let (lowest, highest) = ports();
+    let mut relay = RelayProcess::start(&[
+        "--config-file",
+        config.to_str().expect("path"),
+        "--portal-ws-url",
+        &url,
+        "--lowest-port",
+        &lowest,
+        "--highest-port",
+        &highest,
+    ]);
+    std::fs::write(
+        &config,
+        "PORTAL_TOKEN=second-token\nRELAY_MAX_PENDING_CONNECTIONS=50\n",
+    )
+    .expect("rewrite");
+    relay.signal(libc::SIGHUP);
+    relay.wait_for_log("--max-pending-connections changed from 100 to 50: that needs a restart");
+    let line = relay.wait_for_log("--portal-token (or an address sent with it) changed");
+    assert!(!line.contains("token="), "{line}");
+    let line = relay.wait_for_log("SIGHUP: reloaded the configuration");
+    assert!(!line.contains("second-token"), "{line}");
+    assert!(relay.terminate().success());
+}
