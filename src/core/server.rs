@@ -322,11 +322,7 @@ impl Server {
             return None;
         }
         let client = a.client();
-        let channel = a.channel_to(from, now);
-        if !self.within_bandwidth(allocation, len, now) {
-            return None;
-        }
-        let frame = match channel {
+        let frame = match a.channel_to(from, now) {
             Some(number) => {
                 let frame = write_channel_data_header(buf, HEADROOM, len, number);
                 match client.transport {
@@ -350,6 +346,11 @@ impl Server {
                 frame
             }
         };
+        // Charged once the frame is built: a datagram that cannot be delivered (too large
+        // for a Data indication) takes nothing from the buckets.
+        if !self.within_bandwidth(allocation, len, now) {
+            return None;
+        }
         self.counters.relayed_to_client_packets += 1;
         self.counters.relayed_to_client_bytes += len as u64;
         if let Some(usage) = self.allocations.usage_mut(allocation) {

@@ -167,3 +167,27 @@ fn unlimited_by_default() {
     }
     assert_eq!(drops(&h), [0, 0, 0]);
 }
+
+/// A peer datagram the relay cannot deliver (too large for a Data indication) takes nothing
+/// from the buckets: only what is relayed counts.
+#[test]
+fn an_undeliverable_peer_datagram_is_not_charged() {
+    let mut h = limited(BandwidthLimits {
+        // The smallest bucket: one full-size datagram (65 535 bytes), refilled at 1 kB/s.
+        per_allocation: Some(8_000),
+        ..BandwidthLimits::default()
+    });
+    let peer = addr("8.8.8.9:7000");
+    let c = h.client("198.51.100.1:40000", "alice");
+    let a = h.allocate(&c);
+    h.create_permission(&c, &[addr("8.8.8.9:0")]);
+    // 65 520 bytes do not fit a Data indication (16 bytes of attributes over 65 535).
+    assert_eq!(h.peer(a.id, peer, &[0x5a; 65_520]), None);
+    assert_eq!(h.server.counters().peer_too_large, 1);
+    // The bucket is still full: 65 datagrams of 1 000 bytes pass.
+    let passed = (0..)
+        .take_while(|_| h.peer(a.id, peer, &KB).is_some())
+        .count();
+    assert_eq!(passed, 65);
+    assert_eq!(drops(&h), [1, 0, 0]);
+}
