@@ -102,12 +102,16 @@ pub fn parse(text: &str) -> Result<Vec<(usize, String, String)>, String> {
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
             continue;
         }
+        // The errors never quote the line: a secret file given as the config file (or a
+        // secret pasted on a line of its own) would go to the log.
         let Some((name, value)) = line.split_once('=') else {
-            return Err(format!("{number}: expected NAME=value, found {line:?}"));
+            return Err(format!("{number}: expected NAME=value"));
         };
         let name = name.trim();
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!("{number}: {name:?} is not a variable name"));
+            return Err(format!(
+                "{number}: expected NAME=value, NAME of letters, digits and '_'"
+            ));
         }
         let value = unquote(value.trim()).map_err(|e| format!("{number}: {name}: {e}"))?;
         settings.push((number, name.to_owned(), value));
@@ -166,9 +170,14 @@ mod tests {
 
     #[test]
     fn refuses_malformed_lines() {
+        // Never the line itself: it may be a secret.
         assert_eq!(
-            parse("x\n").err(),
-            Some("1: expected NAME=value, found \"x\"".into())
+            parse("secret\n").err(),
+            Some("1: expected NAME=value".into())
+        );
+        assert_eq!(
+            parse("\n#\nsec+ret=\n").err(),
+            Some("3: expected NAME=value, NAME of letters, digits and '_'".into())
         );
         assert!(parse("A=\"open\n").is_err());
         assert!(parse("A='x' y\n").is_err());
