@@ -163,6 +163,13 @@ impl Connection {
                     if self.write.capacity() > KEEP_WRITE_CAPACITY {
                         self.write = Vec::new();
                     }
+                } else if self.written >= WRITE_LIMIT {
+                    // A client that reads slowly but steadily never empties its queue: drop
+                    // what was written, or the queue grows by all ever sent (found by review:
+                    // 32 MB for 20 MB relayed). One move of at most WRITE_LIMIT bytes per
+                    // WRITE_LIMIT written.
+                    self.write.drain(..self.written);
+                    self.written = 0;
                 }
                 Ok(())
             }
@@ -189,5 +196,62 @@ impl Write for Counted<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    /// A client that reads slowly but steadily, so that the queue is never empty after a
+    /// flush: the queue's memory stays bounded by the limit, not by what was ever sent.
+    #[test]
+    fn a_queue_that_never_empties_stays_bounded() {
+        // Small socket buffers: the kernel takes about what the client read each time.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        socket2::SockRef::from(&listener)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        socket2::SockRef::from(&stream)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let (mut client, _) = listener.accept().unwrap();
+        // Bounded: a bug that stops the writes fails the test instead of hanging it.
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let peer = client.local_addr().unwrap();
+        let mut conn = Connection {
+            stream,
+            peer,
+            generation: 1,
+            pending: false,
+            unflushed: false,
+            state: State::Tcp,
+            read: Vec::new(),
+            write: Vec::new(),
+            written: 0,
+        };
+        let frame = [0x40u8; 1024];
+        let mut buf = vec![0u8; 1000];
+        let mut calls = 0;
+        let mut largest = 0;
+        let mut connected = false;
+        for _ in 0..20_000 {
+            while conn.send(&frame) {}
+            match conn.flush(&mut calls) {
+                Ok(()) => connected = true,
+                // The non-blocking connect may not be done on the first rounds.
+                Err(e) if e.kind() == ErrorKind::NotConnected && !connected => {}
+                Err(e) => panic!("{e}"),
+            }
+            largest = largest.max(conn.write.capacity());
+            // Less than the queue holds: it never empties.
+            client.read_exact(&mut buf).unwrap();
+        }
+        assert!(largest <= 4 * WRITE_LIMIT, "{largest} bytes queued");
     }
 }
