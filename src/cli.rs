@@ -26,6 +26,10 @@ pub const DEFAULT_REALM: &str = "relay";
 pub const MAX_SOFTWARE_CHARS: usize = 127;
 /// The realm of Firezone's credentials (its clients compute their key with it).
 pub const FIREZONE_REALM: &str = "firezone";
+/// The longest deadline a flag may set (a year): a time that far ahead is still an
+/// `Instant` (found by review: --drain-seconds or --allocate-deadline near u64::MAX
+/// panicked on the first SIGTERM or TCP connection, adding it to now).
+pub const MAX_DEADLINE_SECS: u64 = 365 * 24 * 3600;
 /// Where Firezone's relays find the portal.
 pub const DEFAULT_PORTAL_WS_URL: &str = "wss://api.firezone.dev";
 
@@ -526,6 +530,11 @@ pub fn settings(
         args.auth_secret.extend(from_file);
     }
     let streams = stream_settings(&args)?;
+    if args.drain_seconds > MAX_DEADLINE_SECS {
+        return Err(format!(
+            "--drain-seconds: must be at most {MAX_DEADLINE_SECS} (a year)"
+        ));
+    }
     let (secrets, generated_secret) = if portal {
         // 32 random bytes as 64 hex characters, as Firezone's relay makes it; never logged.
         (vec![random_secret(32)], None)
@@ -650,13 +659,19 @@ fn stream_settings(args: &Args) -> Result<StreamSettings, String> {
     if args.max_pending_connections == 0 {
         return Err("--max-pending-connections: must be at least 1".into());
     }
-    if args.allocate_deadline == 0 {
-        return Err("--allocate-deadline: must be at least 1 second".into());
+    if args.allocate_deadline == 0 || args.allocate_deadline > MAX_DEADLINE_SECS {
+        return Err(format!(
+            "--allocate-deadline: must be 1 to {MAX_DEADLINE_SECS} seconds"
+        ));
     }
     let no_allocation_deadline = Duration::from_secs(args.allocate_deadline);
     let handshake_deadline = match args.test_handshake_deadline {
         None => Duration::from_secs(10),
-        Some(0) => return Err("--test-handshake-deadline: must be at least 1 second".into()),
+        Some(secs) if secs == 0 || secs > MAX_DEADLINE_SECS => {
+            return Err(format!(
+                "--test-handshake-deadline: must be 1 to {MAX_DEADLINE_SECS} seconds"
+            ));
+        }
         Some(secs) => Duration::from_secs(secs),
     };
     Ok(StreamSettings {

@@ -246,7 +246,7 @@ fn restart_only(settings: &Settings) -> Vec<(&'static str, String)> {
             format!("{}", streams.max_pending_connections),
         ),
         (
-            "--no-allocation-deadline",
+            "--allocate-deadline",
             format!("{:?}", streams.no_allocation_deadline),
         ),
         (

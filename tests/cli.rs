@@ -100,6 +100,17 @@ fn invalid_configuration_exits_non_zero_with_a_clear_message() {
         (&["--max-bps-per-allocation=-1"], &[], "not a rate"),
         (&[], &[("RELAY_MAX_BPS_PER_USER", "10 Mbit")], "not a rate"),
         (&[], &[("RELAY_MAX_BPS_TOTAL", "2000000G")], "more than"),
+        // Past a year, a deadline would overflow the clock when it is set (a panic).
+        (
+            &["--drain-seconds", "31536001"],
+            &[],
+            "--drain-seconds: must be at most 31536000",
+        ),
+        (
+            &[],
+            &[("RELAY_ALLOCATE_DEADLINE", "18446744073709551615")],
+            "--allocate-deadline: must be 1 to 31536000 seconds",
+        ),
     ];
     for (args, env, mentions) in cases {
         let output = run(args, env);
