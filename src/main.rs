@@ -195,6 +195,11 @@ fn reloader(argv: Vec<OsString>, start: &Settings) -> driver::control::Reload {
         if new.generated_secret.is_some() && generated.is_none() {
             return Err("no --auth-secret or --auth-secret-file any more".into());
         }
+        // What start-up warns about (a realm Firezone's clients do not use, ...), a reload
+        // warns about too.
+        for note in &new.notes {
+            warn!("SIGHUP: {note}");
+        }
         for ((name, was), (_, now)) in bound.iter().zip(restart_only(&new)) {
             if *was != now {
                 warn!("SIGHUP: {name} changed from {was} to {now}: that needs a restart");

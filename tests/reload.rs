@@ -390,10 +390,12 @@ fn what_a_reload_cannot_change_is_named_and_the_portal_token_never_logged() {
     ]);
     std::fs::write(
         &config,
-        "PORTAL_TOKEN=second-token\nRELAY_MAX_PENDING_CONNECTIONS=50\n",
+        "PORTAL_TOKEN=second-token\nRELAY_MAX_PENDING_CONNECTIONS=50\nRELAY_AUTH_SCHEME=rest\n",
     )
     .expect("rewrite");
     relay.signal(libc::SIGHUP);
+    // What start-up would have warned about, the reload warns about.
+    relay.wait_for_log("SIGHUP: --auth-scheme rest with --portal-token");
     relay.wait_for_log("--max-pending-connections changed from 100 to 50: that needs a restart");
     let line = relay.wait_for_log("--portal-token (or an address sent with it) changed");
     assert!(!line.contains("token="), "{line}");
