@@ -403,3 +403,41 @@ fn what_a_reload_cannot_change_is_named_and_the_portal_token_never_logged() {
     assert!(!line.contains("second-token"), "{line}");
     assert!(relay.terminate().success());
 }
+
+#[test]
+fn an_environment_file_that_names_itself_as_the_config_file_is_reloadable() {
+    // systemd's EnvironmentFile= sets RELAY_CONFIG_FILE from the file that it names: the
+    // way to make the shipped relay.env reloadable without editing the unit.
+    let config = temp_file("itself", "relay.env", "");
+    let path = config.to_str().expect("path").to_owned();
+    std::fs::write(
+        &config,
+        format!("RELAY_CONFIG_FILE={path}\nRELAY_AUTH_SECRET=first\n"),
+    )
+    .expect("write");
+    let (lowest, highest) = ports();
+    let mut relay = RelayProcess::start_with_env(
+        &[
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--realm",
+            common::REALM,
+            "--lowest-port",
+            &lowest,
+            "--highest-port",
+            &highest,
+        ],
+        &[("RELAY_CONFIG_FILE", &path), ("RELAY_AUTH_SECRET", "first")],
+    );
+    assert_eq!(allocate_error(relay.addr, "first", "ida"), None);
+    std::fs::write(
+        &config,
+        format!("RELAY_CONFIG_FILE={path}\nRELAY_AUTH_SECRET=second\n"),
+    )
+    .expect("rewrite");
+    relay.signal(libc::SIGHUP);
+    relay.wait_for_log("SIGHUP: reloaded the configuration");
+    assert_eq!(allocate_error(relay.addr, "second", "jan"), None);
+    assert_eq!(allocate_error(relay.addr, "first", "kim"), Some(401));
+    assert!(relay.terminate().success());
+}

@@ -49,6 +49,11 @@ fn overlay(
     for (line, name, value) in settings {
         let at = || format!("{}:{line}: {name}", path.display());
         if name == CONFIG_FILE_VAR {
+            // The environment file that systemd reads (EnvironmentFile=) naming itself, so
+            // that the relay re-reads it on reload: what it names is this file already.
+            if Path::new(value) == path {
+                continue;
+            }
             return Err(format!("{}: a config file cannot name another one", at()));
         }
         let Some(arg) = command
