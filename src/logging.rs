@@ -45,7 +45,38 @@ pub fn init(format: LogFormat) {
         });
     }
     // Only fails if a logger is installed already: then that one stays.
-    let _ = builder.try_init();
+    let logger = builder.build();
+    let filter = logger.filter();
+    if log::set_boxed_logger(Box::new(SecretsCapped(logger))).is_ok() {
+        log::set_max_level(filter);
+    }
+}
+
+/// The logger, with tungstenite capped at info whatever `RUST_LOG` says: env_logger lets a
+/// directive naming a module (`tungstenite::handshake::client=trace`) outrank the cap on
+/// `tungstenite` above, and that module traces the request with the portal token.
+struct SecretsCapped(env_logger::Logger);
+
+impl SecretsCapped {
+    fn may_carry_secrets(metadata: &log::Metadata) -> bool {
+        metadata.level() > log::Level::Info && metadata.target().starts_with("tungstenite")
+    }
+}
+
+impl log::Log for SecretsCapped {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        !Self::may_carry_secrets(metadata) && self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &Record) {
+        if !Self::may_carry_secrets(record.metadata()) {
+            self.0.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
 }
 
 /// The JSON object of one record (without the newline).

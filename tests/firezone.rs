@@ -548,8 +548,8 @@ fn standalone_firezone_scheme_logs_working_credentials() {
     assert!(allocate(&mut client).is_some());
 }
 
-/// The token and the stamp secret never reach the log, even at RUST_LOG=trace (tungstenite
-/// traces requests and frames; the relay caps it).
+/// The token and the stamp secret never reach the log, even at RUST_LOG=trace naming
+/// tungstenite's modules (tungstenite traces requests and frames; the relay caps it).
 #[test]
 fn token_and_secret_are_never_logged() {
     let portal = StandIn::start();
@@ -559,7 +559,12 @@ fn token_and_secret_are_never_logged() {
         .args(["--portal-ws-url", &portal.url()])
         .args(["--test-portal-heartbeat-ms", "50"])
         .args(["--log-level", "trace"])
-        .env("RUST_LOG", "trace")
+        // Directives naming tungstenite's own modules, which outrank a cap on "tungstenite"
+        // in env_logger's filter (found by review: the handshake's trace had the token).
+        .env(
+            "RUST_LOG",
+            "trace,tungstenite=trace,tungstenite::handshake::client=trace,tungstenite::protocol=trace",
+        )
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
