@@ -160,6 +160,26 @@ fn text_usage_record_has_the_client_only_when_asked() {
     }
 }
 
+/// Usage records are accounts, not diagnostics: a relay reloaded to `--log-level warn`
+/// still writes them (nothing else at info).
+#[test]
+fn usage_records_are_written_at_log_level_warn() {
+    let dir = std::env::temp_dir().join(format!("relay-usage-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("relay.env");
+    std::fs::write(&file, "RELAY_LOG_LEVEL=info\n").expect("write config");
+    let path = file.to_str().expect("utf-8 path");
+    let mut relay = relay(&["--config-file", path]);
+    std::fs::write(&file, "RELAY_LOG_LEVEL=warn\n").expect("write config");
+    relay.signal(libc::SIGHUP);
+    relay.wait_for_log("SIGHUP: log level warn");
+    relay_traffic(&relay, &[10], &[20]);
+    let line = relay.wait_for_log("allocation ended");
+    assert!(line.contains("reason=deleted"), "{line}");
+    assert!(relay.terminate().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn software_goes_in_signed_responses_over_the_wire() {
     let relay = relay(&["--software", "relay-test/1.0"]);

@@ -12,10 +12,10 @@ use crate::core::UsageRecord;
 pub const TARGET: &str = "relay::usage";
 
 /// Logs `record`; `transport` is "udp", "tcp" or "tls" (the driver knows which).
+/// Written whatever `--log-level` is (straight to the logger, past `log::max_level()`): a
+/// record is an account of usage, not a diagnostic, and `--log-level warn` must not drop
+/// what billing and abuse reports rely on. `RUST_LOG=relay::usage=off` can still drop them.
 pub(super) fn log(record: &UsageRecord, transport: &str, with_client: bool) {
-    if Level::Info > log::max_level() {
-        return;
-    }
     let relayed = record
         .relayed
         .iter()
