@@ -6,7 +6,7 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use mio::net::TcpStream;
@@ -78,6 +78,10 @@ enum Connection {
     Open(Box<WebSocket<Stream>>),
 }
 
+/// How often, at most, a failing portal's name is looked up again (getaddrinfo blocks the
+/// loop; with a slow resolver each lookup can stall relaying for seconds).
+const RESOLVE_INTERVAL: Duration = Duration::from_secs(300);
+
 /// The portal connection of the loop.
 pub(super) struct PortalLink {
     portal: Portal,
@@ -86,8 +90,12 @@ pub(super) struct PortalLink {
     tls: Option<Arc<ClientConfig>>,
     connection: Connection,
     /// The portal's address, resolved on the first attempt and kept while connections to
-    /// it open (DNS, which blocks the loop, is asked again only after a failed connect).
+    /// it open (DNS, which blocks the loop, is asked again only after a failed connect, and
+    /// then at most every RESOLVE_INTERVAL: a portal outage must not mean a blocking lookup
+    /// per retry).
     address: Option<SocketAddr>,
+    /// When `address` was resolved.
+    resolved_at: Option<Instant>,
     /// Whether the current connection got as far as an open WebSocket.
     opened: bool,
     token: Token,
@@ -120,6 +128,7 @@ impl PortalLink {
             tls,
             connection: Connection::None,
             address: None,
+            resolved_at: None,
             opened: false,
             token,
             more: false,
@@ -182,6 +191,7 @@ impl PortalLink {
         // Resolving blocks the loop (getaddrinfo): only when there is no address that
         // worked, and the backoff spaces those attempts out.
         if self.address.is_none() {
+            self.resolved_at = Some(now);
             self.address = (self.endpoint.host.as_str(), self.endpoint.port)
                 .to_socket_addrs()
                 .ok()
@@ -328,7 +338,10 @@ impl PortalLink {
     /// The connection failed: drop it and let the portal back off.
     fn lost(&mut self, now: Instant, why: &str) {
         self.connection = Connection::None;
-        if !self.opened {
+        let resolved_long_ago = self
+            .resolved_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= RESOLVE_INTERVAL);
+        if !self.opened && resolved_long_ago {
             self.address = None; // resolve again: the portal may have moved
         }
         self.portal.handle_disconnected(now, why);
