@@ -67,6 +67,9 @@ enum State {
         joined: bool,
         next_heartbeat: Instant,
         unanswered: Option<u64>,
+        /// A join still unanswered then means the channel is stuck: connect again (the
+        /// heartbeats alone would keep it open, and the relay not ready, forever).
+        join_by: Instant,
     },
 }
 
@@ -112,6 +115,12 @@ impl Portal {
         match self.state {
             State::Waiting { until } => until,
             State::Connecting { deadline } => deadline,
+            State::Open {
+                next_heartbeat,
+                joined: false,
+                join_by,
+                ..
+            } => next_heartbeat.min(join_by),
             State::Open { next_heartbeat, .. } => next_heartbeat,
         }
     }
@@ -134,10 +143,18 @@ impl Portal {
                 self.fail(now, "connecting timed out");
             }
             State::Open {
+                joined: false,
+                join_by,
+                ..
+            } if now >= join_by => {
+                self.fail(now, "join unanswered");
+            }
+            State::Open {
                 next_heartbeat,
                 unanswered,
                 join_ref,
                 joined,
+                join_by,
             } if now >= next_heartbeat => {
                 if unanswered.is_some() {
                     self.fail(now, "heartbeat unanswered");
@@ -151,6 +168,7 @@ impl Portal {
                     joined,
                     next_heartbeat: now + self.timing.heartbeat,
                     unanswered: Some(reference),
+                    join_by,
                 };
             }
             _ => {}
@@ -170,6 +188,7 @@ impl Portal {
             joined: false,
             next_heartbeat: now + self.timing.heartbeat,
             unanswered: None,
+            join_by: now + 2 * self.timing.heartbeat,
         };
     }
 
@@ -188,6 +207,7 @@ impl Portal {
             joined,
             next_heartbeat,
             unanswered,
+            join_by,
         } = self.state
         else {
             return;
@@ -204,6 +224,7 @@ impl Portal {
                             joined: true,
                             next_heartbeat,
                             unanswered,
+                            join_by,
                         };
                     }
                     Err(reason) => self.fail(now, &format!("join refused: {reason}")),
@@ -215,6 +236,7 @@ impl Portal {
                     joined,
                     next_heartbeat,
                     unanswered: None,
+                    join_by,
                 };
             }
             Some(Inbound::Init) => {

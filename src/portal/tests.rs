@@ -181,3 +181,28 @@ fn heartbeats_start_before_the_join_is_answered() {
         vec![Output::Send(phoenix::heartbeat(2))]
     );
 }
+
+/// A join the portal never answers (while it answers heartbeats) drops the connection at
+/// two heartbeat intervals, so the relay joins again instead of waiting for `init` forever.
+#[test]
+fn a_join_never_answered_drops_the_connection() {
+    let t0 = Instant::now();
+    let mut portal = Portal::new(SECRET.into(), timing(), t0, 1);
+    portal.handle_timeout(t0);
+    portal.handle_connected(t0);
+    outputs(&mut portal);
+    portal.handle_timeout(t0 + 30 * S);
+    assert_eq!(
+        outputs(&mut portal),
+        vec![Output::Send(phoenix::heartbeat(2))]
+    );
+    portal.handle_message(t0 + 31 * S, &reply(2, "ok"));
+    assert_eq!(outputs(&mut portal), vec![]);
+    assert_eq!(portal.poll_timeout(), t0 + 60 * S);
+    portal.handle_timeout(t0 + 60 * S - Duration::from_millis(1));
+    assert_eq!(outputs(&mut portal), vec![]);
+    portal.handle_timeout(t0 + 60 * S);
+    assert_eq!(outputs(&mut portal), vec![Output::Disconnect]);
+    assert_eq!(portal.joins(), 0);
+    assert!(portal.poll_timeout() > t0 + 60 * S, "waits for the backoff");
+}
