@@ -6,6 +6,7 @@
 mod batch;
 pub mod clock;
 pub mod control;
+mod health;
 mod http;
 #[allow(unsafe_code)] // getifaddrs
 pub mod interfaces;
@@ -16,6 +17,7 @@ mod metrics;
 #[allow(unsafe_code)] // clock_gettime (CLOCK_MONOTONIC for systemd)
 mod notify;
 pub mod portal;
+mod relay_sockets;
 #[allow(unsafe_code)] // signalfd
 mod signals;
 #[allow(unsafe_code)] // setsockopt
@@ -37,8 +39,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use crate::core::{
-    AllocationId, Config, EndReason, Family, HEADROOM, ListenerId, Now, OpenError, Output, RelayId,
-    Server, Transport,
+    AllocationId, Config, EndReason, Family, HEADROOM, ListenerId, Now, Output, Server, Transport,
 };
 
 /// Where the datagrams of the socket being read come from.
@@ -403,51 +404,6 @@ impl Driver {
         Some(deadline.saturating_duration_since(clock::now().instant))
     }
 
-    fn accept_http(&mut self, now: Instant) {
-        if let Some(http) = self.http.as_mut() {
-            http.accept(self.poll.registry(), now);
-        }
-    }
-
-    /// Answers a scrape or a health check. Rendering is O(allocations), per request only.
-    fn serve_http(&mut self, token: Token, now: Instant) {
-        let stream_allocations = self.stream_allocations();
-        let (core, io, start_time_unix) = (&self.core, &self.io, self.start_time_unix);
-        let streams = &self.streams.counters;
-        let Some(http) = self.http.as_mut() else {
-            return;
-        };
-        let http_evicted = http.evicted();
-        http.handle(token, self.poll.registry(), |route| match route {
-            Some(http::Route::Metrics) => {
-                let gauges = core.gauges(now);
-                let snapshot = metrics::Snapshot {
-                    counters: core.counters(),
-                    gauges: &gauges,
-                    io,
-                    http_evicted,
-                    start_time_unix,
-                    streams,
-                    stream_allocations,
-                };
-                (200, "text/plain; version=0.0.4", metrics::render(&snapshot))
-            }
-            Some(http::Route::Live) => (200, "text/plain", "ok\n".into()),
-            Some(http::Route::Health) => {
-                // Listeners are bound (or we would not be running); do we take new
-                // allocations (not draining, initialised), and can we?
-                if !core.availability().is_serving() {
-                    (503, "text/plain", "not taking new allocations\n".into())
-                } else if Family::ALL.iter().any(|f| core.can_allocate(*f)) {
-                    (200, "text/plain", "ok\n".into())
-                } else {
-                    (503, "text/plain", "no relay capacity\n".into())
-                }
-            }
-            None => (404, "text/plain", "not found\n".into()),
-        });
-    }
-
     /// Reads one batch (the socket's budget for this turn) with one recvmmsg, hands each
     /// datagram to the core, and sends the relayed ones with one sendmmsg per socket.
     /// True if the socket may still have datagrams.
@@ -612,51 +568,6 @@ impl Driver {
                         .handle_relay_opened(now, allocation, family, result);
                 }
                 Output::CloseRelay { relay } => self.close_relay(relay),
-            }
-        }
-    }
-
-    fn open_relay(
-        &mut self,
-        allocation: AllocationId,
-        addr: SocketAddr,
-        dont_fragment: bool,
-    ) -> Result<RelayId, OpenError> {
-        let owner = self.connection_of(allocation);
-        let bound = sockets::bind_udp(addr, dont_fragment).and_then(|mut socket| {
-            let entry = self.sockets.vacant_entry();
-            self.poll
-                .registry()
-                .register(&mut socket, Token(entry.key()), Interest::READABLE)?;
-            let key = entry.key();
-            entry.insert(Socket::Relay {
-                allocation,
-                socket,
-                owner,
-            });
-            Ok(key)
-        });
-        match bound {
-            Ok(key) => Ok(RelayId(key)),
-            Err(e) if e.kind() == ErrorKind::AddrInUse => Err(OpenError::AddressInUse),
-            Err(e) => {
-                warn!("cannot open relay socket {addr}: {e}");
-                Err(OpenError::Other)
-            }
-        }
-    }
-
-    fn close_relay(&mut self, relay: RelayId) {
-        if !matches!(self.sockets.get(relay.0), Some(Socket::Relay { .. })) {
-            return;
-        }
-        if let Some(Socket::Relay {
-            mut socket, owner, ..
-        }) = self.sockets.try_remove(relay.0)
-        {
-            let _ = self.poll.registry().deregister(&mut socket);
-            if let Some(owner) = owner {
-                self.allocation_ended(owner);
             }
         }
     }
