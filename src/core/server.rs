@@ -276,11 +276,7 @@ impl Server {
         if !self.within_bandwidth(id, payload.len(), now) {
             return None;
         }
-        self.counters.relayed_to_peer_packets += 1;
-        self.counters.relayed_to_peer_bytes += payload.len() as u64;
-        if let Some(usage) = self.allocations.usage_mut(id) {
-            usage.client_to_peer.add(payload.len());
-        }
+        self.count_relayed_to_peer(id, payload.len());
         Some(Forward {
             relay,
             peer,
@@ -361,6 +357,17 @@ impl Server {
             client: client.addr,
             frame,
         })
+    }
+
+    /// Counts `len` payload bytes relayed from allocation `id`'s client to a peer (ChannelData
+    /// or Send): in the relay's totals and in the allocation's usage record.
+    #[inline(always)]
+    pub(super) fn count_relayed_to_peer(&mut self, id: AllocationId, len: usize) {
+        self.counters.relayed_to_peer_packets += 1;
+        self.counters.relayed_to_peer_bytes += len as u64;
+        if let Some(usage) = self.allocations.usage_mut(id) {
+            usage.client_to_peer.add(len);
+        }
     }
 
     /// Whether `len` relayed payload bytes of allocation `id` fit the bandwidth limits

@@ -259,20 +259,13 @@ fn render_transports(out: &mut String, s: &Snapshot) {
         );
     }
     let c = s.streams;
-    header(
+    transport_series(
         out,
         "relay_connections",
         "gauge",
         "Open TCP and TLS client connections.",
+        c.open,
     );
-    for kind in Kind::ALL {
-        let _ = writeln!(
-            out,
-            "relay_connections{{transport=\"{}\"}} {}",
-            kind.label(),
-            c.open[kind as usize]
-        );
-    }
     header(
         out,
         "relay_connections_accepted_total",
@@ -319,20 +312,13 @@ fn render_transports(out: &mut String, s: &Snapshot) {
             );
         }
     }
-    header(
+    transport_series(
         out,
         "relay_connection_write_calls_total",
         "counter",
         "write/writev system calls that sent frames to TCP and TLS clients.",
+        c.write_calls,
     );
-    for kind in Kind::ALL {
-        let _ = writeln!(
-            out,
-            "relay_connection_write_calls_total{{transport=\"{}\"}} {}",
-            kind.label(),
-            c.write_calls[kind as usize]
-        );
-    }
     header(
         out,
         "relay_connections_pending",
@@ -439,6 +425,21 @@ fn max_fds() -> Option<u64> {
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A metric with one series per stream transport (`tcp`, `tls`), like `family_gauge` per
+/// address family.
+fn transport_series<T: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    values: [T; Kind::ALL.len()],
+) {
+    header(out, name, kind, help);
+    for (transport, value) in Kind::ALL.iter().zip(values) {
+        let _ = writeln!(out, "{name}{{transport=\"{}\"}} {value}", transport.label());
+    }
 }
 
 fn family_gauge(out: &mut String, name: &str, help: &str, values: [usize; 2]) {

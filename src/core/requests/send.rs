@@ -59,11 +59,7 @@ impl Server {
         if payload.len() != data_len || !self.within_bandwidth(id, payload.len(), now.instant) {
             return None;
         }
-        self.counters.relayed_to_peer_packets += 1;
-        self.counters.relayed_to_peer_bytes += payload.len() as u64;
-        if let Some(usage) = self.allocations.usage_mut(id) {
-            usage.client_to_peer.add(payload.len());
-        }
+        self.count_relayed_to_peer(id, payload.len());
         Some(Forward {
             relay,
             peer,
